@@ -1,0 +1,314 @@
+"""PNASNet-5 (Liu et al., ECCV 2018) as a genotype-driven, DARTS-style ``NetworkImageNet``.
+
+The network follows TF-Slim's ``pnasnet.py`` exactly (see ../shared/SPEC.md): a VALID 3x3 stem
+conv, two stride-2 stem cells, ``num_cells`` cells with reductions at ``int(k/3 * num_cells)``,
+ReLU + global mean + dropout + FC. Every cell is built from a genotype in ``genotypes.py``.
+
+Expected input (as TF-Slim's inception preprocessing gives it, see ``utils.preprocess_for_eval``):
+RGB, NCHW float32 in [-1, 1], central crop 0.875, bilinear resize to 331 (Large) or 224 (Mobile).
+The 1001 logits put the background class at index 0; ImageNet class k is logit k + 1.
+"""
+import dataclasses
+import os
+from dataclasses import dataclass
+from typing import List, Optional, Tuple, Union
+
+import torch
+import torch.nn as nn
+import torch.nn.functional as F
+
+import genotypes as genotypes_mod
+from operations import (OPS, PADDING_MODES, FactorizedReduce, Identity, ReLUConvBN, batch_norm,
+                        drop_path)
+
+
+@dataclass
+class PNASNetConfig:
+    """Every architectural number of the network; ``large()`` and ``mobile()`` are the presets."""
+    stem_multiplier: float = 3.0     # conv0 has int(32 * stem_multiplier) filters
+    num_conv_filters: int = 216      # F: filters of the first normal cell
+    num_cells: int = 12              # cells after the two stem cells
+    num_classes: int = 1001          # index 0 is the background class
+    genotype: Union[str, dict] = 'PNASNet'   # a name in genotypes.GENOTYPES, or genotypes.to_dict(g)
+    auxiliary: bool = False          # build the auxiliary head (training only)
+    image_size: int = 331            # sets the aux head's kernel, as TF-Slim does
+    drop_path_prob: float = 0.0      # initial model.drop_path_prob; TF-Slim trained with 0.4 (Large)
+    dropout: float = 0.5             # before the classifier (TF: dense_dropout_keep_prob 0.5)
+    padding: str = 'tf'              # 'tf' (exact 'SAME') or 'symmetric' (the earlier port)
+    num_reduction_layers: int = 2
+    filter_scaling_rate: float = 2.0
+
+    @classmethod
+    def large(cls, **overrides) -> 'PNASNetConfig':
+        return cls(**overrides)
+
+    @classmethod
+    def mobile(cls, **overrides) -> 'PNASNetConfig':
+        values = dict(stem_multiplier=1.0, num_conv_filters=54, num_cells=9, image_size=224)
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def reduction_indices(self) -> List[int]:
+        n, r = self.num_cells, self.num_reduction_layers
+        return [int(k / (r + 1) * n) for k in range(1, r + 1)]
+
+    @property
+    def aux_cell_index(self) -> Optional[int]:
+        red = self.reduction_indices
+        return red[1] - 1 if len(red) >= 2 else None
+
+    def to_dict(self) -> dict:
+        d = dataclasses.asdict(self)
+        if not isinstance(self.genotype, str):
+            d['genotype'] = genotypes_mod.to_dict(genotypes_mod.get(self.genotype))
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> 'PNASNetConfig':
+        names = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise ValueError(f'unknown config keys {unknown}; known: {sorted(names)}')
+        return cls(**d)
+
+
+def spatial_sizes(config: PNASNetConfig, image_size: int) -> List[int]:
+    """Output size of conv0 and of every cell (stem cells first) for a square input."""
+    n = (image_size - 3) // 2 + 1  # conv0 is VALID
+    sizes = [n]
+    strides = [2, 2] + [2 if i in config.reduction_indices else 1 for i in range(config.num_cells)]
+    for s in strides:
+        n = -(-n // s)
+        sizes.append(n)
+    return sizes
+
+
+class Cell(nn.Module):
+    """A PNAS cell (TF-Slim NasNetABaseCell) built from one half of a genotype.
+
+    ``s0`` is the output of the cell two back, ``s1`` the previous one (DARTS numbering). As in
+    TF-Slim, ``s0`` is halved by a factorized reduction when it is larger than ``s1``, projected
+    by ReLU-1x1-BN when only its width differs, and left as it is otherwise; ``s0 is None`` (the
+    first stem cell) means "use ``s1`` itself, untransformed". ``s1`` always goes through
+    ReLU-1x1-BN.
+    """
+
+    def __init__(self, genotype, C_prev_prev: Optional[int], C_prev: int, C: int, reduction: bool,
+                 reduction_prev: bool, padding: str = 'tf', drop_scale: float = 1.0):
+        super().__init__()
+        self.reduction = reduction
+        self.drop_scale = drop_scale  # TF-Slim scales the drop rate by (cell_num + 1) / total cells
+        if C_prev_prev is None:
+            self.preprocess0 = None
+            C0 = C_prev
+        elif reduction_prev:
+            self.preprocess0 = FactorizedReduce(C_prev_prev, C)
+            C0 = self.preprocess0.C_out
+        elif C_prev_prev != C:
+            self.preprocess0 = ReLUConvBN(C_prev_prev, C, 1)
+            C0 = C
+        else:
+            self.preprocess0 = nn.Identity()
+            C0 = C
+        self.preprocess1 = ReLUConvBN(C_prev, C, 1)
+
+        ops = genotype.reduce if reduction else genotype.normal
+        concat = genotype.reduce_concat if reduction else genotype.normal_concat
+        self._steps = len(ops) // 2
+        self._concat = list(concat)
+        self.multiplier = len(self._concat)
+        self._indices = [index for _, index in ops]
+        self._ops = nn.ModuleList()
+        self.op_names = [name for name, _ in ops]
+        for name, index in ops:
+            stride = 2 if reduction and index < 2 else 1
+            C_in = C0 if index == 0 else C
+            self._ops.append(OPS[name](C_in, C, stride, padding))
+
+    def forward(self, s0: Optional[torch.Tensor], s1: torch.Tensor,
+                drop_prob: float = 0.0) -> torch.Tensor:
+        s0 = s1 if self.preprocess0 is None else self.preprocess0(s0)
+        s1 = self.preprocess1(s1)
+        states = [s0, s1]
+        drop_prob = drop_prob * self.drop_scale if self.training else 0.0
+        for i in range(self._steps):
+            hs = []
+            for j in (2 * i, 2 * i + 1):
+                op = self._ops[j]
+                h = op(states[self._indices[j]])
+                if drop_prob > 0.0 and not isinstance(op, Identity):
+                    h = drop_path(h, drop_prob)
+                hs.append(h)
+            states.append(hs[0] + hs[1])
+        return torch.cat([states[i] for i in self._concat], dim=1)
+
+
+class AuxiliaryHead(nn.Module):
+    """TF-Slim's aux head: avg pool 5x5/3 VALID, 1x1 conv 128, BN, ReLU, conv 768 with a kernel
+    covering what is left (6x6 at 331 px, 4x4 at 224), BN, ReLU, FC. Reads ReLU(cell output)."""
+
+    def __init__(self, C: int, num_classes: int, kernel_size: int):
+        super().__init__()
+        self.kernel_size = kernel_size
+        self.relu0 = nn.ReLU(inplace=False)
+        self.pool = nn.AvgPool2d(5, stride=3, padding=0)
+        self.proj = nn.Conv2d(C, 128, 1, bias=False)
+        self.bn0 = batch_norm(128)
+        self.relu1 = nn.ReLU(inplace=False)
+        self.conv = nn.Conv2d(128, 768, kernel_size, bias=False)
+        self.bn1 = batch_norm(768)
+        self.relu2 = nn.ReLU(inplace=False)
+        self.classifier = nn.Linear(768, num_classes)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu1(self.bn0(self.proj(self.pool(self.relu0(x)))))
+        if tuple(x.shape[-2:]) != (self.kernel_size, self.kernel_size):
+            raise ValueError(
+                f'the auxiliary head was built for a {self.kernel_size}x{self.kernel_size} map '
+                f'(config.image_size) but got {tuple(x.shape[-2:])}; build the model with the '
+                f'image_size you train at, or with auxiliary=False')
+        x = self.relu2(self.bn1(self.conv(x)))
+        return self.classifier(x.flatten(1))
+
+
+class NetworkImageNet(nn.Module):
+    """PNASNet-5 and its relatives for ImageNet; ``forward`` returns ``(logits, logits_aux)``."""
+
+    def __init__(self, config: Optional[PNASNetConfig] = None):
+        super().__init__()
+        config = config or PNASNetConfig()
+        if config.padding not in PADDING_MODES:
+            raise ValueError(f'config.padding must be one of {PADDING_MODES}, got {config.padding!r}')
+        self.config = config
+        genotype = genotypes_mod.get(config.genotype)
+        self.genotype = genotype
+        self.drop_path_prob = config.drop_path_prob
+        self._auxiliary = config.auxiliary
+
+        C_stem = int(32 * config.stem_multiplier)
+        self.conv0 = nn.Conv2d(3, C_stem, 3, stride=2, padding=0, bias=False)  # VALID
+        self.conv0_bn = batch_norm(C_stem)
+
+        total_cells = config.num_cells + 2
+        rate = config.filter_scaling_rate
+        specs = [(1.0 / rate ** 2, True), (1.0 / rate, True)]  # the two stem cells
+        scaling = 1.0
+        for i in range(config.num_cells):
+            is_reduction = i in config.reduction_indices
+            if is_reduction:
+                scaling *= rate
+            specs.append((scaling, is_reduction))
+
+        self.cells = nn.ModuleList()
+        C_prev_prev, C_prev, reduction_prev = None, C_stem, False
+        for k, (scale, reduction) in enumerate(specs):
+            C = int(config.num_conv_filters * scale)
+            # cell_stem_1 reads conv0 (twice its size): it too reduces its s0
+            cell = Cell(genotype, C_prev_prev, C_prev, C, reduction,
+                        reduction_prev or k == 1, config.padding, (k + 1) / total_cells)
+            self.cells.append(cell)
+            C_prev_prev, C_prev, reduction_prev = C_prev, cell.multiplier * C, reduction
+        self.num_features = C_prev
+
+        self.aux_index = None
+        self.auxiliary_head = None
+        if config.auxiliary and config.aux_cell_index is not None:
+            self.aux_index = config.aux_cell_index + 2  # position in self.cells
+            sizes = spatial_sizes(config, config.image_size)
+            aux_in = sizes[1 + self.aux_index]
+            kernel = (aux_in - 5) // 3 + 1
+            if kernel < 1:
+                raise ValueError(f'image_size {config.image_size} is too small for the auxiliary head')
+            aux_C = self.cells[self.aux_index].multiplier * int(
+                config.num_conv_filters * specs[self.aux_index][0])
+            self.auxiliary_head = AuxiliaryHead(aux_C, config.num_classes, kernel)
+
+        self.dropout = nn.Dropout(config.dropout)
+        self.classifier = nn.Linear(self.num_features, config.num_classes)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """The last cell's output after the final ReLU: [N, num_features, h, w]."""
+        return self._forward_cells(x)[0]
+
+    def _forward_cells(self, x: torch.Tensor):
+        s1 = self.conv0_bn(self.conv0(x))
+        s0 = None
+        drop_prob = self.drop_path_prob if self.training else 0.0
+        logits_aux = None
+        want_aux = self.auxiliary_head is not None and self.training
+        for k, cell in enumerate(self.cells):
+            s0, s1 = s1, cell(s0, s1, drop_prob)
+            if want_aux and k == self.aux_index:
+                logits_aux = self.auxiliary_head(s1)
+        return F.relu(s1), logits_aux
+
+    def extract_features(self, x: torch.Tensor) -> torch.Tensor:
+        """Global-pool vector [N, num_features] (TF-Hub's feature_vector: 4320 Large, 1080 Mobile)."""
+        return self.forward_features(x).mean(dim=(2, 3))
+
+    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
+        """Logits from ``extract_features`` output."""
+        return self.classifier(self.dropout(features))
+
+    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        feats, logits_aux = self._forward_cells(x)
+        return self.forward_head(feats.mean(dim=(2, 3))), logits_aux
+
+
+def pnasnet5large(**overrides) -> NetworkImageNet:
+    """PNASNet-5 Large (331 px, 86.1 M parameters without the aux head), random weights."""
+    return NetworkImageNet(PNASNetConfig.large(**overrides))
+
+
+def pnasnet5mobile(**overrides) -> NetworkImageNet:
+    """PNASNet-5 Mobile (224 px, 5.1 M parameters without the aux head), random weights."""
+    return NetworkImageNet(PNASNetConfig.mobile(**overrides))
+
+
+class CheckpointError(RuntimeError):
+    """A weights file that cannot be loaded; the message names the file and what to do."""
+
+
+def _is_aux_key(key: str) -> bool:
+    return key.startswith('auxiliary_head.')
+
+
+def load_pretrained(path: str, auxiliary: bool = False, map_location='cpu',
+                    **overrides) -> NetworkImageNet:
+    """Builds the network a ``convert.py`` output describes, loads its weights, returns it in eval mode.
+
+    The file holds ``{'config': dict, 'state_dict': ...}``; a bare state dict of this model is also
+    accepted and taken as PNASNet-5 Large. ``auxiliary=True`` keeps the aux head (for fine-tuning);
+    ``overrides`` change config fields that do not touch the weights (e.g. ``padding``,
+    ``drop_path_prob``, ``image_size``).
+    """
+    if not os.path.isfile(path):
+        raise CheckpointError(f'{path}: no such weights file; run `python convert.py` first '
+                              f'(see README.md)')
+    try:
+        obj = torch.load(path, map_location=map_location, weights_only=True)
+    except Exception as e:  # pickle, zip and torch errors all mean "not a weights file of ours"
+        raise CheckpointError(f'{path}: not a PyTorch weights file this port can read ({e}); '
+                              f'convert the TF checkpoint again with convert.py') from None
+    if isinstance(obj, dict) and 'state_dict' in obj and 'config' in obj:
+        config = PNASNetConfig.from_dict(dict(obj['config']))
+        state_dict = obj['state_dict']
+    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
+        config, state_dict = PNASNetConfig.large(), obj
+    else:
+        raise CheckpointError(f'{path}: expected a convert.py output or a state dict of this model')
+    has_aux = any(_is_aux_key(k) for k in state_dict)
+    if auxiliary and not has_aux:
+        raise CheckpointError(f'{path}: holds no auxiliary-head weights; load with auxiliary=False')
+    config = dataclasses.replace(config, auxiliary=auxiliary, **overrides)
+    net = NetworkImageNet(config)
+    if not auxiliary:
+        state_dict = {k: v for k, v in state_dict.items() if not _is_aux_key(k)}
+    missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    if missing or unexpected:
+        what = (f'missing {missing[:3]}' if missing else '') + (
+            f' unexpected {unexpected[:3]}' if unexpected else '')
+        raise CheckpointError(f'{path}: weights do not fit the network of its config ({what.strip()}); '
+                              f'convert the TF checkpoint again with convert.py')
+    return net.eval()
