@@ -28,12 +28,12 @@ def same_padding(size: int, kernel: int, stride: int, dilation: int = 1) -> Tupl
     return total // 2, total - total // 2
 
 
-def _pad_plan(x: torch.Tensor, kernel, stride, dilation, mode: str):
-    """Returns (x, padding) so that a symmetric ``padding`` on ``x`` gives TF 'SAME' windows.
+def _pad_plan(x: torch.Tensor, kernel, stride, dilation, mode: str, value: float = 0.0):
+    """Returns (x, padding) so that the op's own symmetric ``padding`` on ``x`` gives TF 'SAME'.
 
-    Where TF pads one pixel more after than before, dropping the first row (column) and padding
-    by the larger amount on both sides gives the same windows; that needs a view of ``x``, not a
-    padded copy. Other asymmetric cases (even kernels) fall back to an explicit pad.
+    Where TF pads symmetrically (every stride-1 op, and stride 2 on odd sizes) the op's built-in
+    padding does it without a copy; only where a stride-2 window meets an even size, and TF puts
+    the odd pixel at the bottom/right, is ``x`` padded explicitly (with ``value``).
     """
     kh, kw = kernel
     if mode == 'symmetric':
@@ -42,9 +42,7 @@ def _pad_plan(x: torch.Tensor, kernel, stride, dilation, mode: str):
     w_before, w_after = same_padding(x.shape[-1], kw, stride[1], dilation[1])
     if h_before == h_after and w_before == w_after:
         return x, (h_before, w_before)
-    if h_after - h_before in (0, 1) and w_after - w_before in (0, 1):
-        return x[..., h_after - h_before:, w_after - w_before:], (h_after, w_after)
-    return F.pad(x, (w_before, w_after, h_before, h_after)), (0, 0)
+    return F.pad(x, (w_before, w_after, h_before, h_after), value=value), (0, 0)
 
 
 def _check_mode(padding: str) -> str:
@@ -76,7 +74,7 @@ class MaxPool2dSame(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s = self.kernel_size, self.stride
-        x, pad = _pad_plan(x, (k, k), (s, s), (1, 1), self.pad_mode)
+        x, pad = _pad_plan(x, (k, k), (s, s), (1, 1), self.pad_mode, value=float('-inf'))
         return F.max_pool2d(x, k, s, pad)
 
 
@@ -89,8 +87,13 @@ class AvgPool2dSame(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         k, s = self.kernel_size, self.stride
-        x, pad = _pad_plan(x, (k, k), (s, s), (1, 1), self.pad_mode)
-        return F.avg_pool2d(x, k, s, pad, count_include_pad=False)
+        h, w = x.shape[-2:]
+        padded, pad = _pad_plan(x, (k, k), (s, s), (1, 1), self.pad_mode)
+        if padded is x:
+            return F.avg_pool2d(x, k, s, pad, count_include_pad=False)
+        # explicit zero padding: divide the window sums by the number of real cells
+        ones, _ = _pad_plan(x.new_ones(1, 1, h, w), (k, k), (s, s), (1, 1), self.pad_mode)
+        return F.avg_pool2d(padded, k, s, divisor_override=1) / F.avg_pool2d(ones, k, s, divisor_override=1)
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:

@@ -1,0 +1,343 @@
+"""The same genotype-driven network in TensorFlow, with TF-Slim's variable names: the twin that
+``convert.py`` and the tests check the PyTorch port against.
+
+It is written on ``tf.compat.v1`` / ``tf.nn`` ops (tf-slim does not import on current TensorFlow)
+and follows TF-Slim's ``pnasnet.py`` / ``nasnet_utils.py`` in its own way: NHWC, hidden states in
+TF order (0 = previous cell), the previous-layer reduction decided from the tensors' shapes, 'SAME'
+padding left to TensorFlow. Its variables are named and shaped as in the official checkpoints
+(``data/pnasnet5_large_331.vars.tsv``), so it can restore them and write look-alikes with random
+weights for tests.
+
+    python tf_reference.py --make-checkpoint /tmp/rand/model.ckpt --preset large --filters 24
+"""
+import argparse
+import os
+import sys
+from typing import Dict, Optional
+
+import numpy as np
+
+import genotypes as genotypes_mod
+from model import PNASNetConfig
+
+BN_EPS = 1e-3
+TF_OP_NAMES = {  # TF-Slim's own names for the PNAS ops, used in variable scopes
+    'sep_conv_3x3': 'separable_3x3', 'sep_conv_5x5': 'separable_5x5',
+    'sep_conv_7x7': 'separable_7x7', 'dil_conv_3x3': 'dil_3x3', 'dil_conv_5x5': 'dil_5x5',
+}
+
+
+def import_tf():
+    """TensorFlow, imported only where it is needed, with its start-up chatter turned down."""
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    import tensorflow as tf
+    tf.get_logger().setLevel('ERROR')
+    return tf
+
+
+def _same_pads(n: int, k: int, s: int):
+    out = -(-n // s)
+    total = max((out - 1) * s + k - n, 0)
+    return total // 2, total - total // 2
+
+
+class _Builder:
+    """Builds the graph; in ``calibrate`` mode every BN normalizes with its batch moments and
+    records them, so that a random checkpoint can be given statistics that keep activations
+    near unit scale."""
+
+    def __init__(self, tf, calibrate: bool = False):
+        self.tf = tf
+        self.v1 = tf.compat.v1
+        self.calibrate = calibrate
+        self.moments: Dict[str, object] = {}
+
+    def var(self, name, shape):
+        return self.v1.get_variable(name, shape, self.tf.float32,
+                                    initializer=self.v1.zeros_initializer())
+
+    def conv(self, x, filters, kernel, scope, stride=(1, 1), padding='SAME'):
+        kh, kw = (kernel, kernel) if isinstance(kernel, int) else kernel
+        sh, sw = (stride, stride) if isinstance(stride, int) else stride
+        with self.v1.variable_scope(scope):
+            w = self.var('weights', [kh, kw, int(x.shape[-1]), filters])
+        return self.tf.nn.conv2d(x, w, [1, sh, sw, 1], padding)
+
+    def bn(self, x, scope):
+        tf = self.tf
+        c = int(x.shape[-1])
+        with self.v1.variable_scope(scope):
+            gamma, beta = self.var('gamma', [c]), self.var('beta', [c])
+            mean, variance = self.var('moving_mean', [c]), self.var('moving_variance', [c])
+        if self.calibrate:
+            mean_b, var_b = tf.nn.moments(x, [0, 1, 2])
+            self.moments[mean.op.name] = mean_b
+            self.moments[variance.op.name] = var_b
+            mean, variance = mean_b, var_b
+        y, _, _ = self.v1.nn.fused_batch_norm(x, gamma, beta, mean, variance, epsilon=BN_EPS,
+                                              is_training=False)
+        return y
+
+    def depthwise(self, x, k, stride, rate, scope_name):
+        """Depthwise KxK 'SAME'; TF has no strided dilated kernel, so that case is computed as the
+        stride-1 dilated conv on the stride's 'SAME' padding, subsampled."""
+        tf = self.tf
+        c = int(x.shape[-1])
+        w = self.var(scope_name, [k, k, c, 1])
+        if rate == 1 or stride == 1:
+            return tf.nn.depthwise_conv2d(x, w, [1, stride, stride, 1], 'SAME',
+                                          dilations=[rate, rate])
+        keff = (k - 1) * rate + 1
+        ph = _same_pads(int(x.shape[1]), keff, stride)
+        pw = _same_pads(int(x.shape[2]), keff, stride)
+        x = tf.pad(x, [[0, 0], list(ph), list(pw), [0, 0]])
+        y = tf.nn.depthwise_conv2d(x, w, [1, 1, 1, 1], 'VALID', dilations=[rate, rate])
+        return y[:, ::stride, ::stride, :]
+
+    # --- ops, in TF-Slim's nasnet_utils form ---------------------------------------------------
+    def op(self, x, name, filters, stride):
+        tf, v1 = self.tf, self.v1
+        c_in = int(x.shape[-1])
+        if name.startswith('sep_conv'):
+            k = int(name[-1])
+            base = TF_OP_NAMES[name]
+            for rep in (1, 2):
+                x = tf.nn.relu(x)
+                with v1.variable_scope(f'{base}_{rep}'):
+                    dw = self.var('depthwise_weights', [k, k, int(x.shape[-1]), 1])
+                    pw = self.var('pointwise_weights', [1, 1, int(x.shape[-1]), filters])
+                x = tf.nn.separable_conv2d(x, dw, pw, [1, stride, stride, 1], 'SAME')
+                x = self.bn(x, f'bn_sep_{k}x{k}_{rep}')
+                stride = 1
+            return x
+        if name in ('max_pool_3x3', 'avg_pool_3x3'):
+            pool = tf.nn.max_pool2d if name.startswith('max') else tf.nn.avg_pool2d
+            x = pool(x, 3, stride, 'SAME')
+            if c_in != filters:
+                x = self.bn(self.conv(x, filters, 1, '1x1'), 'bn_1')
+            return x
+        if name == 'skip_connect':  # TF-Slim's 'none'
+            if stride > 1 or c_in != filters:
+                x = self.bn(self.conv(tf.nn.relu(x), filters, 1, '1x1', stride), 'bn_1')
+            return x
+        if name == 'none':  # DARTS' zero op
+            n = tf.shape(x)[0]
+            h, w = -(-int(x.shape[1]) // stride), -(-int(x.shape[2]) // stride)
+            return tf.zeros(tf.stack([n, h, w, filters]), x.dtype)
+        if name.startswith('dil_conv'):
+            k = int(name[-1])
+            base = TF_OP_NAMES[name]
+            x = tf.nn.relu(x)
+            with v1.variable_scope(base):
+                x = self.depthwise(x, k, stride, 2, 'depthwise_weights')
+                pw = self.var('pointwise_weights', [1, 1, c_in, filters])
+            x = tf.nn.conv2d(x, pw, [1, 1, 1, 1], 'VALID')
+            return self.bn(x, 'bn_1')
+        if name == 'conv_7x1_1x7':
+            x = tf.nn.relu(x)
+            x = self.conv(x, filters, (1, 7), 'conv_1x7', (1, stride))
+            x = self.conv(x, filters, (7, 1), 'conv_7x1', (stride, 1))
+            return self.bn(x, 'bn_1')
+        raise ValueError(f'tf_reference: no TensorFlow form for op {name!r}')
+
+    def factorized_reduction(self, x, filters):
+        tf = self.tf
+        half = int(filters / 2)
+        path1 = self.conv(x[:, ::2, ::2, :], half, 1, 'path1_conv')
+        path2 = tf.pad(x, [[0, 0], [0, 1], [0, 1], [0, 0]])[:, 1:, 1:, :]
+        path2 = self.conv(path2[:, ::2, ::2, :], half, 1, 'path2_conv')
+        return self.bn(tf.concat([path1, path2], axis=3), 'final_path_bn')
+
+    def cell(self, net, prev_layer, genotype, filters, stride, reduction, scope):
+        tf, v1 = self.tf, self.v1
+        ops = genotype.reduce if reduction else genotype.normal
+        concat = genotype.reduce_concat if reduction else genotype.normal_concat
+        with v1.variable_scope(scope):
+            if prev_layer is None:
+                prev_layer = net
+            elif int(prev_layer.shape[2]) != int(net.shape[2]):
+                prev_layer = self.factorized_reduction(tf.nn.relu(prev_layer), filters)
+            elif int(prev_layer.shape[-1]) != filters:
+                prev_layer = self.bn(self.conv(tf.nn.relu(prev_layer), filters, 1, 'prev_1x1'),
+                                     'prev_bn')
+            net = self.bn(self.conv(tf.nn.relu(net), filters, 1, '1x1'), 'beginning_bn')
+            hidden = [net, prev_layer]  # TF order: 0 is the previous cell
+            for i in range(len(ops) // 2):
+                with v1.variable_scope(f'comb_iter_{i}'):
+                    outs = []
+                    for side, (name, index) in zip(('left', 'right'), ops[2 * i:2 * i + 2]):
+                        tf_index = {0: 1, 1: 0}.get(index, index)
+                        s = stride if tf_index < 2 else 1
+                        with v1.variable_scope(side):
+                            outs.append(self.op(hidden[tf_index], name, filters, s))
+                    hidden.append(outs[0] + outs[1])
+            return tf.concat([hidden[c] for c in concat], axis=3)
+
+    def aux_head(self, net, num_classes, scope):
+        tf, v1 = self.tf, self.v1
+        with v1.variable_scope(scope), v1.variable_scope('aux_logits'):
+            x = tf.nn.avg_pool2d(tf.nn.relu(net), 5, 3, 'VALID')
+            x = tf.nn.relu(self.bn(self.conv(x, 128, 1, 'proj'), 'aux_bn0'))
+            x = self.conv(x, 768, (int(x.shape[1]), int(x.shape[2])), 'Conv', padding='VALID')
+            x = tf.nn.relu(self.bn(x, 'aux_bn1'))
+            x = tf.reshape(x, [-1, 768])
+            return self.fc(x, num_classes, 'FC')
+
+    def fc(self, x, num_classes, scope):
+        with self.v1.variable_scope(scope):
+            w = self.var('weights', [int(x.shape[-1]), num_classes])
+            b = self.var('biases', [num_classes])
+        return self.tf.matmul(x, w) + b
+
+    def network(self, images, config: PNASNetConfig, aux: bool = False):
+        """images: NHWC float32 of a static size. Returns the endpoints dict."""
+        tf = self.tf
+        genotype = genotypes_mod.get(config.genotype)
+        ends = {}
+        net = self.conv(images, int(32 * config.stem_multiplier), 3, 'conv0', 2, 'VALID')
+        net = self.bn(net, 'conv0_bn')
+        outputs = [None, net]
+        scaling = 1.0 / config.filter_scaling_rate ** 2
+        for k in range(2):
+            net = self.cell(net, outputs[-2], genotype, int(config.num_conv_filters * scaling), 2,
+                            True, f'cell_stem_{k}')
+            outputs.append(net)
+            scaling *= config.filter_scaling_rate
+        scaling = 1.0
+        for i in range(config.num_cells):
+            reduction = i in config.reduction_indices
+            if reduction:
+                scaling *= config.filter_scaling_rate
+            net = self.cell(net, outputs[-2], genotype, int(config.num_conv_filters * scaling),
+                            2 if reduction else 1, reduction, f'cell_{i}')
+            outputs.append(net)
+            if aux and i == config.aux_cell_index:
+                ends['aux_logits'] = self.aux_head(net, config.num_classes, f'aux_{i}')
+        with self.v1.variable_scope('final_layer'):
+            pooled = tf.reduce_mean(tf.nn.relu(net), [1, 2])
+            ends['global_pool'] = pooled
+            ends['logits'] = self.fc(pooled, config.num_classes, 'FC')
+        return ends
+
+
+def _session(tf, graph):
+    cfg = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=2, inter_op_parallelism_threads=1)
+    return tf.compat.v1.Session(graph=graph, config=cfg)
+
+
+def variable_shapes(config: PNASNetConfig, image_size: Optional[int] = None,
+                    aux: bool = True) -> Dict[str, list]:
+    """Name -> shape of every model variable of the TF graph, in creation order."""
+    tf = import_tf()
+    size = image_size or config.image_size
+    graph = tf.Graph()
+    with graph.as_default():
+        images = tf.compat.v1.placeholder(tf.float32, [None, size, size, 3])
+        _Builder(tf).network(images, config, aux=aux)
+        return {v.op.name: v.shape.as_list() for v in tf.compat.v1.global_variables()}
+
+
+def random_weights(shapes: Dict[str, list], seed: int = 0) -> Dict[str, np.ndarray]:
+    """Random weights of sensible scale; BN statistics are set by calibration afterwards."""
+    rng = np.random.default_rng(seed)
+    out = {}
+    for name, shape in shapes.items():
+        leaf = name.rsplit('/', 1)[-1]
+        if leaf in ('weights', 'pointwise_weights', 'depthwise_weights'):
+            fan_in = int(np.prod(shape[:-1])) if leaf != 'depthwise_weights' else shape[0] * shape[1]
+            value = rng.standard_normal(shape) * np.sqrt(1.0 / fan_in)
+        elif leaf == 'gamma':
+            value = rng.uniform(0.5, 1.5, shape)
+        elif leaf in ('beta', 'biases'):
+            value = rng.normal(0.0, 0.1, shape)
+        elif leaf == 'moving_mean':
+            value = np.zeros(shape)
+        elif leaf == 'moving_variance':
+            value = np.ones(shape)
+        else:
+            raise ValueError(f'unexpected variable {name}')
+        out[name] = value.astype(np.float32)
+    return out
+
+
+def calibration_images(size: int, n: int = 4, seed: int = 1) -> np.ndarray:
+    """Smooth random images in [-1, 1], NHWC: like natural images, not white noise."""
+    rng = np.random.default_rng(seed)
+    coarse = rng.uniform(-1, 1, (n, 8, 8, 3))
+    ys = np.linspace(0, 7, size)
+    i0 = np.floor(ys).astype(int).clip(0, 6)
+    f = (ys - i0)[None, :, None, None]
+    rows = coarse[:, i0] * (1 - f) + coarse[:, i0 + 1] * f
+    f = (ys - i0)[None, None, :, None]
+    img = rows[:, :, i0] * (1 - f) + rows[:, :, i0 + 1] * f
+    return (img + rng.normal(0, 0.1, img.shape)).clip(-1, 1).astype(np.float32)
+
+
+def make_random_checkpoint(prefix: str, config: PNASNetConfig, seed: int = 0,
+                           aux: bool = True, image_size: Optional[int] = None) -> Dict[str, np.ndarray]:
+    """Writes a TF checkpoint with TF-Slim's names, random weights and BN statistics calibrated on
+    smooth random images (so activations and logits stay near unit scale), plus a
+    ``global_step`` as the official files have. Returns the values written."""
+    tf = import_tf()
+    v1 = tf.compat.v1
+    size = image_size or config.image_size
+    graph = tf.Graph()
+    with graph.as_default():
+        images = v1.placeholder(tf.float32, [None, size, size, 3])
+        builder = _Builder(tf, calibrate=True)
+        builder.network(images, config, aux=aux)
+        model_vars = v1.global_variables()
+        step = v1.train.get_or_create_global_step()
+        values = random_weights({v.op.name: v.shape.as_list() for v in model_vars}, seed)
+        with _session(tf, graph) as sess:
+            # one run per step: each new set of fetches costs TF a graph pruning
+            sess.run([step.initializer] + [v.initializer for v in model_vars],
+                     {v.initial_value: values[v.op.name] for v in model_vars})
+            names = sorted(builder.moments)
+            stats = sess.run([builder.moments[n] for n in names],
+                             {images: calibration_images(size, seed=seed + 1)})
+            values.update({n: s.astype(np.float32) for n, s in zip(names, stats)})
+            stat_vars = [v for v in model_vars if v.op.name in builder.moments]
+            sess.run([v.initializer for v in stat_vars],
+                     {v.initial_value: values[v.op.name] for v in stat_vars})
+            os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+            v1.train.Saver(model_vars + [step]).save(sess, prefix, write_meta_graph=False)
+    return values
+
+
+def run_checkpoint(prefix: str, config: PNASNetConfig, images_nhwc: np.ndarray,
+                   aux: bool = False) -> Dict[str, np.ndarray]:
+    """Restores ``prefix`` into the TF graph and returns logits, global_pool (and aux_logits)."""
+    tf = import_tf()
+    v1 = tf.compat.v1
+    size = images_nhwc.shape[1]
+    graph = tf.Graph()
+    with graph.as_default():
+        images = v1.placeholder(tf.float32, [None, size, images_nhwc.shape[2], 3])
+        ends = _Builder(tf).network(images, config, aux=aux)
+        with _session(tf, graph) as sess:
+            v1.train.Saver(v1.global_variables()).restore(sess, prefix)
+            return sess.run(ends, {images: images_nhwc})
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--make-checkpoint', metavar='PREFIX', required=True,
+                    help='write a random-weight TF-Slim-style checkpoint here')
+    ap.add_argument('--preset', choices=['large', 'mobile'], default='large')
+    ap.add_argument('--filters', type=int, help='num_conv_filters (default: the preset\'s)')
+    ap.add_argument('--cells', type=int, help='num_cells (default: the preset\'s)')
+    ap.add_argument('--image-size', type=int, help='sets the aux head kernel (default: preset\'s)')
+    ap.add_argument('--seed', type=int, default=0)
+    args = ap.parse_args(argv)
+    overrides = {k: v for k, v in (('num_conv_filters', args.filters), ('num_cells', args.cells),
+                                   ('image_size', args.image_size)) if v is not None}
+    config = getattr(PNASNetConfig, args.preset)(**overrides)
+    values = make_random_checkpoint(args.make_checkpoint, config, seed=args.seed)
+    print(f'wrote {args.make_checkpoint} ({len(values)} variables, '
+          f'{sum(v.size for v in values.values()):,} numbers)')
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
