@@ -305,7 +305,10 @@ def load_pretrained(path: str, auxiliary: bool = False, map_location='cpu',
     net = NetworkImageNet(config)
     if not auxiliary:
         state_dict = {k: v for k, v in state_dict.items() if not _is_aux_key(k)}
-    missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    try:
+        missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    except RuntimeError as e:  # shape mismatches
+        missing, unexpected = [str(e).strip().splitlines()[-1].strip()], []
     if missing or unexpected:
         what = (f'missing {missing[:3]}' if missing else '') + (
             f' unexpected {unexpected[:3]}' if unexpected else '')

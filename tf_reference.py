@@ -13,7 +13,7 @@ weights for tests.
 import argparse
 import os
 import sys
-from typing import Dict, Optional
+from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -246,6 +246,8 @@ def random_weights(shapes: Dict[str, list], seed: int = 0) -> Dict[str, np.ndarr
         if leaf in ('weights', 'pointwise_weights', 'depthwise_weights'):
             fan_in = int(np.prod(shape[:-1])) if leaf != 'depthwise_weights' else shape[0] * shape[1]
             value = rng.standard_normal(shape) * np.sqrt(1.0 / fan_in)
+            if name.endswith('FC/weights'):
+                value *= 0.3  # logits of unit scale, where the 1e-4 tolerance is meant
         elif leaf == 'gamma':
             value = rng.uniform(0.5, 1.5, shape)
         elif leaf in ('beta', 'biases'):
@@ -273,20 +275,33 @@ def calibration_images(size: int, n: int = 4, seed: int = 1) -> np.ndarray:
     return (img + rng.normal(0, 0.1, img.shape)).clip(-1, 1).astype(np.float32)
 
 
-def make_random_checkpoint(prefix: str, config: PNASNetConfig, seed: int = 0,
-                           aux: bool = True, image_size: Optional[int] = None) -> Dict[str, np.ndarray]:
+def make_random_checkpoint(prefix: str, config: PNASNetConfig, seed: int = 0, aux: bool = True,
+                           image_size: Optional[int] = None,
+                           eval_images: Sequence[np.ndarray] = ()) -> Tuple[dict, list]:
     """Writes a TF checkpoint with TF-Slim's names, random weights and BN statistics calibrated on
     smooth random images (so activations and logits stay near unit scale), plus a
-    ``global_step`` as the official files have. Returns the values written."""
+    ``global_step`` as the official files have.
+
+    ``eval_images`` (NHWC batches, of sizes whose aux head has the same kernel as
+    ``image_size``'s) are run through the finished network in the same graph, which saves
+    building it again. Returns (the values written, the endpoints of each eval batch).
+    """
     tf = import_tf()
     v1 = tf.compat.v1
     size = image_size or config.image_size
     graph = tf.Graph()
     with graph.as_default():
-        images = v1.placeholder(tf.float32, [None, size, size, 3])
-        builder = _Builder(tf, calibrate=True)
-        builder.network(images, config, aux=aux)
-        model_vars = v1.global_variables()
+        with v1.variable_scope(v1.get_variable_scope(), reuse=v1.AUTO_REUSE):
+            images = v1.placeholder(tf.float32, [None, size, size, 3])
+            builder = _Builder(tf, calibrate=True)
+            builder.network(images, config, aux=aux)
+            model_vars = v1.global_variables()
+            towers = []
+            for batch in eval_images:
+                ph = v1.placeholder(tf.float32, [None] + list(batch.shape[1:]))
+                towers.append((ph, _Builder(tf).network(ph, config, aux=aux)))
+        if len(v1.global_variables()) != len(model_vars):
+            raise ValueError('eval_images need sizes whose aux head matches image_size\'s')
         step = v1.train.get_or_create_global_step()
         values = random_weights({v.op.name: v.shape.as_list() for v in model_vars}, seed)
         with _session(tf, graph) as sess:
@@ -300,9 +315,24 @@ def make_random_checkpoint(prefix: str, config: PNASNetConfig, seed: int = 0,
             stat_vars = [v for v in model_vars if v.op.name in builder.moments]
             sess.run([v.initializer for v in stat_vars],
                      {v.initial_value: values[v.op.name] for v in stat_vars})
+            outputs = [sess.run(ends, {ph: batch}) for (ph, ends), batch in zip(towers, eval_images)]
             os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
             v1.train.Saver(model_vars + [step]).save(sess, prefix, write_meta_graph=False)
-    return values
+    return values, outputs
+
+
+def write_checkpoint(prefix: str, values: Dict[str, np.ndarray]) -> None:
+    """Writes ``values`` (TF name -> array) as a TF checkpoint, e.g. to make a broken one."""
+    tf = import_tf()
+    v1 = tf.compat.v1
+    graph = tf.Graph()
+    with graph.as_default():
+        variables = {name: v1.Variable(np.asarray(value), name=name.replace(':', '_'))
+                     for name, value in values.items()}
+        with _session(tf, graph) as sess:
+            sess.run(v1.variables_initializer(list(variables.values())))
+            os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+            v1.train.Saver(variables).save(sess, prefix, write_meta_graph=False)
 
 
 def run_checkpoint(prefix: str, config: PNASNetConfig, images_nhwc: np.ndarray,
@@ -333,7 +363,7 @@ def main(argv=None):
     overrides = {k: v for k, v in (('num_conv_filters', args.filters), ('num_cells', args.cells),
                                    ('image_size', args.image_size)) if v is not None}
     config = getattr(PNASNetConfig, args.preset)(**overrides)
-    values = make_random_checkpoint(args.make_checkpoint, config, seed=args.seed)
+    values, _ = make_random_checkpoint(args.make_checkpoint, config, seed=args.seed)
     print(f'wrote {args.make_checkpoint} ({len(values)} variables, '
           f'{sum(v.size for v in values.values()):,} numbers)')
     return 0

@@ -1,0 +1,32 @@
+import os
+import sys
+
+import pytest
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+sys.path.insert(0, ROOT)
+os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+
+import torch  # noqa: E402
+
+torch.manual_seed(0)
+
+
+@pytest.fixture(scope='session')
+def tf():
+    import tf_reference
+    return tf_reference.import_tf()
+
+
+@pytest.fixture(scope='session')
+def small_checkpoint(tmp_path_factory, tf):
+    """A Mobile-shaped random TF checkpoint (F=10: odd stem-cell width) with its aux head,
+    and the TF twin's outputs on one image."""
+    import tf_reference
+    from model import PNASNetConfig
+    config = PNASNetConfig.mobile(num_conv_filters=10)
+    prefix = str(tmp_path_factory.mktemp('ckpt') / 'model.ckpt')
+    images = tf_reference.calibration_images(224, n=1, seed=5)
+    values, (ends,) = tf_reference.make_random_checkpoint(prefix, config, seed=3,
+                                                          eval_images=[images])
+    return {'prefix': prefix, 'config': config, 'values': values, 'images': images, 'ends': ends}

@@ -1,0 +1,182 @@
+"""The network: parameter counts, genotypes, validation, drop path, padding modes, loading."""
+import dataclasses
+
+import pytest
+import torch
+
+import genotypes
+import model
+from genotypes import Genotype, GenotypeError
+from model import NetworkImageNet, PNASNetConfig
+
+
+def n_params(net):
+    return sum(p.numel() for p in net.parameters())
+
+
+def test_full_presets_have_the_checkpoint_parameter_counts():
+    large, mobile = model.pnasnet5large(), model.pnasnet5mobile()
+    assert n_params(large) == 86_061_989
+    assert n_params(mobile) == 5_066_202
+    assert large.num_features == 4320 and mobile.num_features == 1080
+    assert PNASNetConfig.large().reduction_indices == [4, 8]
+    assert PNASNetConfig.mobile().reduction_indices == [3, 6]
+    assert model.pnasnet5large(auxiliary=True).auxiliary_head.kernel_size == 6
+    assert model.pnasnet5mobile(auxiliary=True).auxiliary_head.kernel_size == 4
+
+
+def small(**kw):
+    values = dict(num_conv_filters=8, num_cells=5, image_size=128, auxiliary=True)
+    values.update(kw)
+    return PNASNetConfig.large(**values)
+
+
+@pytest.mark.parametrize('name', sorted(genotypes.GENOTYPES))
+def test_every_genotype_builds_and_runs(name):
+    net = NetworkImageNet(small(genotype=name, num_classes=10))
+    x = torch.randn(2, 3, 128, 128)
+    net.train()
+    logits, aux = net(x)
+    assert logits.shape == (2, 10) and aux.shape == (2, 10)
+    assert torch.isfinite(logits).all() and torch.isfinite(aux).all()
+    net.eval()
+    with torch.no_grad():
+        logits, aux = net(x)
+        feats = net.extract_features(x)
+    assert aux is None and feats.shape == (2, net.num_features)
+    concat = len(genotypes.GENOTYPES[name].normal_concat)
+    assert net.num_features == concat * 8 * 4  # two reductions double the width twice
+
+
+def test_a_genotype_given_as_a_dict_round_trips():
+    g = genotypes.get(genotypes.to_dict(genotypes.DARTS_V2))
+    assert g == genotypes.get('DARTS_V2')
+    cfg = small(genotype=genotypes.to_dict(genotypes.NASNet))
+    assert PNASNetConfig.from_dict(cfg.to_dict()) == cfg
+
+
+@pytest.mark.parametrize('change, message', [
+    (dict(normal=[('sep_conv_9x9', 0), ('max_pool_3x3', 1)]), "unknown op 'sep_conv_9x9'"),
+    (dict(normal=[('sep_conv_3x3', 2), ('max_pool_3x3', 1)]), 'normal[0]'),
+    (dict(normal=[('sep_conv_3x3', 0), ('max_pool_3x3', -1)]), 'normal[1]'),
+    (dict(normal=[('sep_conv_3x3', 0), ('max_pool_3x3', True)]), 'normal[1]'),
+    (dict(normal=[('sep_conv_3x3', 0)]), 'even-length'),
+    (dict(normal=[('sep_conv_3x3', 0), 'max_pool_3x3']), 'normal[1]'),
+    (dict(normal_concat=[1, 2]), 'normal_concat: entry 1'),
+    (dict(reduce_concat=[2, 2]), 'twice'),
+    (dict(reduce_concat=[]), 'non-empty'),
+    (dict(reduce_concat=[2, 9]), 'entry 9'),
+])
+def test_validate_rejects_bad_genotypes(change, message):
+    bad = genotypes.PNASNet._replace(**change)
+    with pytest.raises(GenotypeError) as err:
+        genotypes.validate(bad)
+    assert message in str(err.value)
+    with pytest.raises(GenotypeError):
+        NetworkImageNet(small(genotype=genotypes.to_dict(bad)))
+
+
+def test_validate_accepts_the_published_genotypes_and_rejects_unknown_names():
+    for g in genotypes.GENOTYPES.values():
+        assert genotypes.validate(g) is g
+    with pytest.raises(GenotypeError, match='unknown genotype'):
+        genotypes.get('PNASNet6')
+
+
+def test_drop_path_is_identity_in_eval_and_scales_survivors_in_training():
+    from operations import drop_path
+    x = torch.ones(4000, 2, 3, 3)
+    torch.manual_seed(1)
+    y = drop_path(x, 0.25)
+    kept = y.flatten(1).amax(1)
+    assert torch.unique(kept).tolist() == [0.0, pytest.approx(1 / 0.75)]  # dropped, or x / keep
+    assert abs((kept > 0).float().mean().item() - 0.75) < 0.03
+    assert torch.equal(drop_path(x, 0.0), x)
+
+    net = NetworkImageNet(small(auxiliary=False))
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.fill_(1.0)
+    x = torch.randn(3, 3, 128, 128)
+    net.eval()
+    with torch.no_grad():
+        net.drop_path_prob = 0.0
+        ref = net(x)[0]
+        net.drop_path_prob = 0.5
+        assert torch.equal(net(x)[0], ref)  # eval: no drop path whatever the probability
+    # TF-Slim scales the rate by the cell's position: (cell_num + 1) / (num_cells + 2)
+    assert [c.drop_scale for c in net.cells] == [(k + 1) / 7 for k in range(7)]
+    # training: examples differ from the no-drop output only where drop path was applied
+    net.train()
+    for m in net.modules():
+        if isinstance(m, (torch.nn.BatchNorm2d, torch.nn.Dropout)):
+            m.eval()
+    with torch.no_grad():
+        net.drop_path_prob = 0.0
+        no_drop = net(x)[0]
+        net.drop_path_prob = 0.5
+        torch.manual_seed(0)
+        dropped = net(x)[0]
+    assert torch.allclose(no_drop, ref, atol=1e-5)
+    assert not torch.allclose(dropped, ref, atol=1e-3)
+
+
+def test_padding_modes_agree_at_323_and_differ_at_331():
+    """The earlier port's symmetric padding is exact only where stride 2 never meets an even size."""
+    cfg = PNASNetConfig.large(num_conv_filters=8, auxiliary=False)
+    tf_net = NetworkImageNet(cfg).eval()
+    sym_net = NetworkImageNet(dataclasses.replace(cfg, padding='symmetric')).eval()
+    sym_net.load_state_dict(tf_net.state_dict())
+    with torch.no_grad():
+        for size, same in ((323, True), (331, False)):
+            x = torch.randn(1, 3, size, size)
+            a, b = tf_net.forward_features(x), sym_net.forward_features(x)
+            d = ((a - b).abs().max() / a.abs().max()).item()
+            assert (d < 1e-6) == same and (same or d > 1e-2), (size, d)
+    with pytest.raises(ValueError, match='padding'):
+        NetworkImageNet(dataclasses.replace(cfg, padding='reflect'))
+
+
+def test_aux_head_at_another_size_says_what_to_do():
+    net = NetworkImageNet(small()).train()
+    with pytest.raises(ValueError, match='image_size'):
+        net(torch.randn(2, 3, 224, 224))
+
+
+def test_load_pretrained_reads_config_files_and_bare_state_dicts(tmp_path):
+    net = NetworkImageNet(small(genotype='DARTS_V2', num_classes=7)).eval()
+    path = tmp_path / 'small.pth'
+    torch.save({'config': net.config.to_dict(), 'state_dict': net.state_dict()}, path)
+    x = torch.randn(1, 3, 128, 128)
+    loaded = model.load_pretrained(str(path))
+    assert not loaded.training and loaded.auxiliary_head is None
+    assert loaded.genotype == genotypes.DARTS_V2
+    with torch.no_grad():
+        assert torch.equal(loaded(x)[0], net(x)[0])
+    assert model.load_pretrained(str(path), auxiliary=True).auxiliary_head is not None
+
+    large = model.pnasnet5large().eval()
+    bare = tmp_path / 'bare.pth'
+    torch.save(large.state_dict(), bare)
+    loaded = model.load_pretrained(str(bare))
+    assert loaded.config == PNASNetConfig.large()
+    for (k, a), b in zip(large.state_dict().items(), loaded.state_dict().values()):
+        assert torch.equal(a, b), k
+
+
+def test_load_pretrained_errors_name_the_file_and_the_fix(tmp_path):
+    with pytest.raises(model.CheckpointError, match='convert.py'):
+        model.load_pretrained(str(tmp_path / 'missing.pth'))
+    junk = tmp_path / 'junk.pth'
+    junk.write_bytes(b'not a checkpoint')
+    with pytest.raises(model.CheckpointError, match='junk.pth'):
+        model.load_pretrained(str(junk))
+    no_aux = tmp_path / 'no_aux.pth'
+    net = NetworkImageNet(small(auxiliary=False))
+    torch.save({'config': net.config.to_dict(), 'state_dict': net.state_dict()}, no_aux)
+    with pytest.raises(model.CheckpointError, match='auxiliary'):
+        model.load_pretrained(str(no_aux), auxiliary=True)
+    wrong = tmp_path / 'wrong.pth'
+    torch.save({'config': small(num_conv_filters=16).to_dict(), 'state_dict': net.state_dict()}, wrong)
+    with pytest.raises(model.CheckpointError, match='do not fit'):
+        model.load_pretrained(str(wrong))
