@@ -1,0 +1,272 @@
+"""Evaluates a converted PNASNet-5 on ImageNet val with TF-Slim's evaluation preprocessing.
+
+    python main.py                                  # data/val with data/PNASNet-5_Large.pth
+    python main.py --limit 500 --batch-size 32      # a quick look at the first 500 images
+    torchrun --nproc_per_node=2 main.py ...         # the images split across processes
+    python main.py --image cat.jpg dog.jpg          # top-5 classes of single images
+
+The last line is the original port's: ``Test: [50000/50000]	Prec@1 0.829	Prec@5 0.962``.
+"""
+import argparse
+import json
+import os
+import sys
+import time
+from typing import List, Optional
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+import model as model_mod
+import utils
+
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--valdir', default='data/val', help='ImageNet val, one folder per wnid')
+    ap.add_argument('--weights', default='data/PNASNet-5_Large.pth', help='output of convert.py')
+    ap.add_argument('--image-size', type=int, help='default: the checkpoint\'s (331 Large, 224 Mobile)')
+    ap.add_argument('--batch-size', type=int, default=32)
+    ap.add_argument('--workers', type=int, default=min(4, os.cpu_count() or 1),
+                    help='DataLoader worker processes (0: load in the main process)')
+    ap.add_argument('--device', choices=['auto', 'cuda', 'cpu'], default='auto')
+    ap.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default='fp32',
+                    help='autocast precision; fp32 is the exact one')
+    ap.add_argument('--preprocess', choices=['numpy', 'tf'], default='numpy',
+                    help='numpy: the TF-exact reimplementation; tf: TensorFlow\'s own ops')
+    ap.add_argument('--limit', type=int, help='evaluate only the first N images (in dataset order)')
+    ap.add_argument('--skip-bad', action='store_true',
+                    help='skip images that cannot be decoded (counted and reported) instead of stopping')
+    ap.add_argument('--output', help='write results (accuracy, settings, per-image top-5) as JSON')
+    ap.add_argument('--features', help='save the global-pool features, in dataset order, as .npy')
+    ap.add_argument('--image', nargs='+', metavar='FILE', help='classify these images and exit')
+    ap.add_argument('--no-progress', action='store_true', help='no progress bar')
+    return ap.parse_args(argv)
+
+
+class UserError(RuntimeError):
+    """A problem the user can fix: printed as one line, exit status 1."""
+
+
+def pick_device(name: str) -> torch.device:
+    if name == 'cuda' and not torch.cuda.is_available():
+        raise UserError('--device cuda: no CUDA device is available; use --device cpu or auto')
+    if name == 'auto':
+        name = 'cuda' if torch.cuda.is_available() else 'cpu'
+    return torch.device(name)
+
+
+def load_model(weights: str, device: torch.device) -> model_mod.NetworkImageNet:
+    try:
+        net = model_mod.load_pretrained(weights)
+    except model_mod.CheckpointError as e:
+        raise UserError(str(e)) from None
+    return net.to(device).eval()
+
+
+def autocast(device: torch.device, precision: str):
+    if precision == 'fp32':
+        return torch.autocast(device.type, enabled=False)
+    dtype = torch.bfloat16 if precision == 'bf16' else torch.float16
+    return torch.autocast(device.type, dtype=dtype)
+
+
+def class_logits(logits: torch.Tensor) -> torch.Tensor:
+    """ImageNet class k is logit k + 1 of the 1001-way checkpoint (0 is background)."""
+    return logits[:, 1:] if logits.shape[1] == 1001 else logits
+
+
+def save_json_atomic(obj, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f'.{os.path.basename(path)}.{os.getpid()}.tmp')
+    with open(tmp, 'w') as f:
+        json.dump(obj, f, indent=1)
+    os.replace(tmp, path)
+
+
+def save_npy_atomic(array: np.ndarray, path: str) -> None:
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    tmp = os.path.join(folder, f'.{os.path.basename(path)}.{os.getpid()}.tmp.npy')
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def check_output_paths(args) -> None:
+    for flag, path in (('--output', args.output), ('--features', args.features)):
+        if path:
+            folder = os.path.dirname(os.path.abspath(path)) or '.'
+            if os.path.exists(folder) and not os.path.isdir(folder):
+                raise UserError(f'{flag} {path}: {folder} is a file, not a folder')
+
+
+# --- the evaluation --------------------------------------------------------------------------------
+
+def evaluate(net, samples, args, device, rank: int = 0, world: int = 1) -> dict:
+    """Runs this process's share of ``samples``; returns its per-image records and features."""
+    mine = list(range(rank, len(samples), world))  # a strided split: no image twice, none missed
+    dataset = utils.EvalDataset([samples[i] for i in mine], args.image_size, args.preprocess,
+                                skip_bad=True)
+    loader = torch.utils.data.DataLoader(
+        dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
+        pin_memory=device.type == 'cuda', persistent_workers=False)
+    records, feats, bad = [], [], []
+    c1 = c5 = seen = 0
+    bar = None
+    if rank == 0 and not args.no_progress:
+        from tqdm import tqdm
+        bar = tqdm(total=len(samples), unit='img', dynamic_ncols=True, file=sys.stderr)
+    start = time.perf_counter()
+    with torch.inference_mode():
+        for x, label, local in loader:
+            ok = label >= 0
+            if not bool(ok.all()):
+                for j in local[~ok].tolist():
+                    path = samples[mine[j]][0]
+                    if not args.skip_bad:
+                        try:
+                            utils.load_rgb(path)
+                        except utils.BadImageError as e:
+                            raise UserError(f'{e}; pass --skip-bad to skip such images') from None
+                    bad.append(path)
+            x = x.to(device, non_blocking=True)
+            if device.type == 'cuda' or getattr(net, 'prefers_channels_last', False):
+                x = x.contiguous(memory_format=torch.channels_last)
+            with autocast(device, args.precision):
+                f = net.extract_features(x)
+                logits = net.forward_head(f)
+            logits = class_logits(logits.float()).cpu()
+            top5 = logits.topk(5, dim=1).indices
+            lab = label
+            for j in range(len(lab)):
+                if ok[j]:
+                    records.append((mine[int(local[j])], int(lab[j]), top5[j].tolist()))
+            if args.features:
+                feats.append((local[ok], f.float().cpu()[ok]))
+            k1, k5 = utils.topk_correct(logits[ok], lab[ok])
+            c1, c5, seen = c1 + k1, c5 + k5, seen + int(ok.sum())
+            if bar is not None:
+                bar.update(len(lab) * world)
+                bar.set_postfix_str(f'Prec@1 {c1 / max(seen, 1):.3f} Prec@5 {c5 / max(seen, 1):.3f} '
+                                    f'{seen * world / (time.perf_counter() - start):.1f} img/s')
+    if bar is not None:
+        bar.close()
+    out = {'records': records, 'bad': bad, 'seconds': time.perf_counter() - start}
+    if args.features:
+        idx = torch.cat([i for i, _ in feats]).tolist() if feats else []
+        out['features'] = (np.array([mine[i] for i in idx], dtype=np.int64),
+                           torch.cat([f for _, f in feats]).numpy() if feats else np.zeros((0, 0), np.float32))
+    return out
+
+
+def gather(part: dict, world: int) -> List[dict]:
+    if world == 1:
+        return [part]
+    parts = [None] * world
+    dist.all_gather_object(parts, part)
+    return parts
+
+
+def summarize(parts: List[dict], samples, args, device, net) -> dict:
+    records = sorted(r for p in parts for r in p['records'])
+    bad = sorted(b for p in parts for b in p['bad'])
+    n = len(records)
+    c1 = sum(1 for _, label, top5 in records if top5[0] == label)
+    c5 = sum(1 for _, label, top5 in records if label in top5)
+    seconds = max(p['seconds'] for p in parts)
+    return {
+        'prec1': c1 / n if n else 0.0, 'prec5': c5 / n if n else 0.0,
+        'correct1': c1, 'correct5': c5, 'images': n, 'skipped_bad': bad,
+        'images_per_second': n / seconds if seconds > 0 else None,
+        'settings': {'valdir': args.valdir, 'weights': args.weights, 'image_size': args.image_size,
+                     'batch_size': args.batch_size, 'workers': args.workers, 'device': str(device),
+                     'precision': args.precision, 'preprocess': args.preprocess,
+                     'limit': args.limit, 'processes': len(parts),
+                     'config': net.config.to_dict()},
+        'per_image': [{'path': samples[i][0], 'label': label, 'top5': top5}
+                      for i, label, top5 in records],
+    }
+
+
+def classify_images(net, paths, args, device) -> None:
+    names = [name for _, name in utils.read_class_names()]
+    for path in paths:
+        if not os.path.isfile(path):
+            raise UserError(f'{path}: no such image file')
+        x = utils.preprocess_for_eval(utils.load_rgb(path), args.image_size, args.image_size)
+        x = torch.from_numpy(x.transpose(2, 0, 1).copy())[None].to(device)
+        with torch.inference_mode(), autocast(device, args.precision):
+            logits = net(x)[0].float()
+        probs = torch.softmax(logits, dim=1)[0].cpu()
+        print(path)
+        for p, k in zip(*probs.topk(5)):
+            k = int(k)
+            if probs.numel() == 1001:
+                label = 'background' if k == 0 else names[k - 1]
+            else:
+                label = names[k] if probs.numel() == 1000 else f'class {k}'
+            print(f'  {float(p):.4f}  {label}')
+
+
+def run(args) -> int:
+    world = int(os.environ.get('WORLD_SIZE', '1'))
+    rank = int(os.environ.get('RANK', '0'))
+    device = pick_device(args.device)
+    if world > 1:
+        if device.type == 'cuda':
+            local = int(os.environ.get('LOCAL_RANK', '0'))
+            torch.cuda.set_device(local)
+            device = torch.device('cuda', local)
+        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    try:
+        check_output_paths(args)
+        net = load_model(args.weights, device)
+        if args.image_size is None:
+            args.image_size = net.config.image_size
+        if args.image:
+            if rank == 0:
+                classify_images(net, args.image, args, device)
+            return 0
+        try:
+            samples, _, how = utils.find_images(args.valdir)
+        except (FileNotFoundError, ValueError) as e:
+            raise UserError(str(e)) from None
+        if args.limit:
+            samples = samples[:args.limit]
+        part = evaluate(net, samples, args, device, rank, world)
+        parts = gather(part, world)
+        if rank != 0:
+            return 0
+        result = summarize(parts, samples, args, device, net)
+        result['settings']['labels'] = how
+        for path in result['skipped_bad']:
+            print(f'skipped (cannot decode): {path}')
+        if args.features:
+            idx = np.concatenate([p['features'][0] for p in parts])
+            feats = np.concatenate([p['features'][1] for p in parts if p['features'][1].size])
+            save_npy_atomic(feats[np.argsort(idx, kind='stable')], args.features)
+        if args.output:
+            save_json_atomic(result, args.output)
+        n = result['images']
+        if result['skipped_bad']:
+            print(f'{len(result["skipped_bad"])} image(s) skipped, {n} evaluated')
+        print(f'Test: [{n}/{n}]\tPrec@1 {result["prec1"]:.3f}\tPrec@5 {result["prec5"]:.3f}')
+        return 0
+    finally:
+        if world > 1 and dist.is_initialized():
+            dist.destroy_process_group()
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        return run(args)
+    except UserError as e:
+        print(f'main.py: error: {e}', file=sys.stderr)
+        return 1
+
+
+if __name__ == '__main__':
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""The NumPy preprocessing against TensorFlow's, and the metrics."""
+import numpy as np
+import torch
+
+import utils
+
+
+def test_preprocess_for_eval_equals_tf_on_many_shapes(tf):
+    rng = np.random.default_rng(2024)
+    shapes = [((375, 500), (331, 331)), ((500, 375), (224, 224)), ((331, 331), (331, 331)),
+              ((64, 48), (331, 331)), ((31, 17), (9, 13)), ((600, 401), (299, 300)),
+              ((2, 3), (5, 5)), ((1000, 999), (323, 323))]
+    shapes += [(tuple(rng.integers(8, 700, 2)), tuple(rng.integers(4, 400, 2))) for _ in range(30)]
+    worst, inexact, total = 0.0, 0, 0
+    for (h, w), (oh, ow) in shapes:
+        img = rng.integers(0, 256, (h, w, 3), dtype=np.uint8)
+        for fraction in (0.875, 1.0):
+            mine = utils.preprocess_for_eval(img, oh, ow, central_fraction=fraction)
+            ref = utils.preprocess_for_eval_tf(img, oh, ow, central_fraction=fraction)
+            assert mine.dtype == np.float32 and mine.shape == ref.shape == (oh, ow, 3)
+            worst = max(worst, float(np.abs(mine - ref).max()))
+            inexact += int((mine != ref).sum())
+            total += mine.size
+    print(f'preprocess_for_eval vs TF: max|d| = {worst:.3g}, inexact values: {inexact} of {total}')
+    assert worst <= 1e-6
+
+
+def test_central_crop_box_matches_tf_integer_arithmetic():
+    assert utils.central_crop_box(375, 500, 0.875) == (23, 31, 329, 438)
+    assert utils.central_crop_box(331, 331, 0.875) == (20, 20, 291, 291)
+
+
+def test_preprocess_rejects_what_is_not_a_uint8_image():
+    import pytest
+    with pytest.raises(ValueError, match='uint8'):
+        utils.preprocess_for_eval(np.zeros((4, 4, 3), np.float32), 2, 2)
+
+
+def test_topk_correct_counts():
+    logits = torch.tensor([[0.1, 0.9, 0.0, 0.0, 0.0, 0.0, 0.0],
+                           [0.9, 0.1, 0.0, 0.0, 0.0, 0.0, 0.0],
+                           [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])
+    assert utils.topk_correct(logits, torch.tensor([1, 1, 0])) == [1, 2]
+    assert utils.topk_correct(logits, torch.tensor([1, 0, 6])) == [3, 3]

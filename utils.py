@@ -1,0 +1,190 @@
+"""Preprocessing, labels, data and metrics for ImageNet evaluation.
+
+``preprocess_for_eval`` reproduces TF-Slim's inception ``preprocess_for_eval`` in NumPy, bit for
+bit: the same float32 operations in the same order (see ../shared/SPEC.md), so the evaluation
+needs no TensorFlow. ``preprocess_for_eval_tf`` keeps the TensorFlow original for comparison.
+"""
+import os
+from typing import List, Optional, Sequence, Tuple
+
+import numpy as np
+import torch
+from PIL import Image
+
+DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
+CLASS_NAMES_FILE = os.path.join(DATA_DIR, 'imagenet_class_names.tsv')
+IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
+
+
+# --- preprocessing ---------------------------------------------------------------------------------
+
+def central_crop_box(h: int, w: int, central_fraction: float) -> Tuple[int, int, int, int]:
+    """(top, left, height, width) of tf.image.central_crop, computed in float64 as TF does."""
+    top = int((h - h * central_fraction) / 2)
+    left = int((w - w * central_fraction) / 2)
+    return top, left, h - 2 * top, w - 2 * left
+
+
+def _legacy_bilinear_taps(in_size: int, out_size: int):
+    """Source rows/columns and weights of TF's legacy resize_bilinear (align_corners=False,
+    half_pixel_centers=False), in float32 like its kernel: src = i * (in / out)."""
+    scale = np.float32(in_size) / np.float32(out_size)
+    src = np.arange(out_size, dtype=np.float32) * scale
+    lower_f = np.floor(src)
+    lerp = (src - lower_f).astype(np.float32)
+    lower = lower_f.astype(np.int64)
+    upper = np.minimum(lower + 1, in_size - 1)
+    return lower, upper, lerp
+
+
+def resize_bilinear_legacy(image: np.ndarray, height: int, width: int) -> np.ndarray:
+    """float32 HxWxC -> height x width x C, equal to tf.compat.v1.image.resize_bilinear.
+
+    TF computes, per output pixel, top = tl + (tr - tl) * xl, bottom = bl + (br - bl) * xl,
+    out = top + (bottom - top) * yl. ``top`` and ``bottom`` depend only on the source row, so
+    they are computed once per source row here; the operations, and so the bits, are the same.
+    """
+    y0, y1, yl = _legacy_bilinear_taps(image.shape[0], height)
+    x0, x1, xl = _legacy_bilinear_taps(image.shape[1], width)
+    rows = np.union1d(y0, y1)
+    sub = image[rows]
+    left, right = sub[:, x0], sub[:, x1]
+    horiz = left + (right - left) * xl[None, :, None]          # [len(rows), width, C]
+    where = np.searchsorted(rows, np.arange(image.shape[0]))
+    top, bottom = horiz[where[y0]], horiz[where[y1]]
+    return top + (bottom - top) * yl[:, None, None]
+
+
+def preprocess_for_eval(image: np.ndarray, height: int, width: int,
+                        central_fraction: float = 0.875) -> np.ndarray:
+    """uint8 HxWx3 -> float32 height x width x 3 in [-1, 1], as TF-Slim's inception
+    preprocess_for_eval: convert_image_dtype, central_crop, legacy bilinear resize, (x - 0.5) * 2."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8 or image.ndim != 3:
+        raise ValueError(f'expected a uint8 HxWxC image, got {image.dtype} {image.shape}')
+    h, w = image.shape[:2]
+    if central_fraction:
+        top, left, ch, cw = central_crop_box(h, w, central_fraction)
+        image = image[top:top + ch, left:left + cw]
+    # convert_image_dtype multiplies by float32(1/255); dividing by 255 differs in the last bit
+    x = image.astype(np.float32) * np.float32(1.0 / 255)
+    if height and width:
+        x = resize_bilinear_legacy(x, height, width)
+    return (x - np.float32(0.5)) * np.float32(2.0)
+
+
+def preprocess_for_eval_tf(image: np.ndarray, height: int, width: int,
+                           central_fraction: float = 0.875) -> np.ndarray:
+    """The TensorFlow original (inception_preprocessing.preprocess_for_eval), eagerly."""
+    from tf_reference import import_tf
+    tf = import_tf()
+    x = tf.image.convert_image_dtype(tf.constant(np.asarray(image)), tf.float32)
+    if central_fraction:
+        x = tf.image.central_crop(x, central_fraction=central_fraction)
+    if height and width:
+        x = tf.compat.v1.image.resize_bilinear(x[None], [height, width], align_corners=False)[0]
+    return ((x - 0.5) * 2.0).numpy()
+
+
+# --- images and labels -----------------------------------------------------------------------------
+
+class BadImageError(RuntimeError):
+    pass
+
+
+def load_rgb(path: str) -> np.ndarray:
+    """Decodes any image PIL reads (grayscale, CMYK, PNG inside .JPEG, ...) as RGB uint8 HxWx3,
+    as torchvision's ImageFolder loader does."""
+    try:
+        with open(path, 'rb') as f:
+            img = Image.open(f)
+            img = img.convert('RGB')
+            return np.asarray(img, dtype=np.uint8)
+    except (OSError, ValueError, Image.DecompressionBombError) as e:
+        raise BadImageError(f'{path}: cannot decode the image ({e})') from None
+
+
+def read_class_names(path: str = CLASS_NAMES_FILE) -> List[Tuple[str, str]]:
+    """The 1000 ILSVRC-2012 (wnid, name) pairs, sorted by wnid: class k is the k-th."""
+    with open(path) as f:
+        return [tuple(line.rstrip('\n').split('\t', 1)) for line in f if line.strip()]
+
+
+def find_images(valdir: str) -> Tuple[List[Tuple[str, int]], List[str], str]:
+    """(path, class index) of every image of an ImageNet-style folder, in ImageFolder order.
+
+    Labels come from the canonical sorted list of the 1000 wnids, so a folder holding a subset of
+    the classes keeps the right labels. Folders not named by wnids are accepted only when there
+    are exactly 1000 of them (their sorted order is then taken as the class order).
+    Returns (samples, class folder names, how the labels were assigned).
+    """
+    if not os.path.isdir(valdir):
+        raise FileNotFoundError(f'{valdir}: no such folder; put the ImageNet validation images '
+                                f'there in one folder per class (see README.md) or pass --valdir')
+    classes = sorted(d.name for d in os.scandir(valdir) if d.is_dir())
+    if not classes:
+        raise FileNotFoundError(f'{valdir}: holds no class folders (expected 1000 wnid folders '
+                                f'such as n01440764/ with the images inside)')
+    wnids = [w for w, _ in read_class_names()]
+    index = {w: i for i, w in enumerate(wnids)}
+    unknown = [c for c in classes if c not in index]
+    if not unknown:
+        mapping, how = {c: index[c] for c in classes}, 'wnid'
+    elif len(classes) == 1000:
+        mapping, how = {c: i for i, c in enumerate(classes)}, 'sorted folder order'
+    else:
+        raise ValueError(f'{valdir}: folder {unknown[0]!r} is not an ILSVRC-2012 wnid and there '
+                         f'are {len(classes)} class folders, not 1000, so labels cannot be '
+                         f'assigned; name the folders by wnid (n01440764, ...)')
+    samples = []
+    for c in classes:
+        folder = os.path.join(valdir, c)
+        for root, _, files in sorted(os.walk(folder, followlinks=True)):
+            for name in sorted(files):
+                if name.lower().endswith(IMAGE_EXTENSIONS):
+                    samples.append((os.path.join(root, name), mapping[c]))
+    if not samples:
+        raise FileNotFoundError(f'{valdir}: the class folders hold no images')
+    return samples, classes, how
+
+
+class EvalDataset(torch.utils.data.Dataset):
+    """Decoded, TF-preprocessed images as CHW float32 tensors, with labels and dataset indices.
+
+    A bad image raises BadImageError naming it, or with ``skip_bad`` gives a sample with label
+    -1 that the evaluation counts and reports.
+    """
+
+    def __init__(self, samples: Sequence[Tuple[str, int]], image_size: int, preprocess: str = 'numpy',
+                 skip_bad: bool = False, central_fraction: float = 0.875):
+        self.samples = list(samples)
+        self.image_size = image_size
+        self.skip_bad = skip_bad
+        self.central_fraction = central_fraction
+        if preprocess not in ('numpy', 'tf'):
+            raise ValueError(f"preprocess must be 'numpy' or 'tf', got {preprocess!r}")
+        self.preprocess = preprocess
+
+    def __len__(self):
+        return len(self.samples)
+
+    def __getitem__(self, i):
+        path, label = self.samples[i]
+        fn = preprocess_for_eval if self.preprocess == 'numpy' else preprocess_for_eval_tf
+        try:
+            x = fn(load_rgb(path), self.image_size, self.image_size, self.central_fraction)
+        except BadImageError:
+            if not self.skip_bad:
+                raise
+            x, label = np.zeros((self.image_size, self.image_size, 3), np.float32), -1
+        return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), label, i
+
+
+# --- metrics ---------------------------------------------------------------------------------------
+
+def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> List[int]:
+    """Number of samples whose target is among the top-k logits, for each k."""
+    maxk = max(ks)
+    pred = logits.topk(maxk, dim=1).indices
+    hit = pred.eq(target.view(-1, 1))
+    return [int(hit[:, :k].any(dim=1).sum()) for k in ks]
