@@ -18,8 +18,8 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import genotypes as genotypes_mod
-from operations import (OPS, PADDING_MODES, FactorizedReduce, Identity, ReLUConvBN, batch_norm,
-                        drop_path)
+from operations import (OPS, PADDING_MODES, FactorizedReduce, Identity, Pool, ReLUConvBN,
+                        batch_norm, drop_path, fold_bn_into_conv, fuse_op)
 
 
 @dataclass
@@ -125,6 +125,7 @@ class Cell(nn.Module):
             stride = 2 if reduction and index < 2 else 1
             C_in = C0 if index == 0 else C
             self._ops.append(OPS[name](C_in, C, stride, padding))
+        self.share_pools = False  # set by optimize_for_inference: equal pools computed once
 
     def forward(self, s0: Optional[torch.Tensor], s1: torch.Tensor,
                 drop_prob: float = 0.0) -> torch.Tensor:
@@ -132,11 +133,23 @@ class Cell(nn.Module):
         s1 = self.preprocess1(s1)
         states = [s0, s1]
         drop_prob = drop_prob * self.drop_scale if self.training else 0.0
+        relu_cache, pool_cache = {}, {}
         for i in range(self._steps):
             hs = []
             for j in (2 * i, 2 * i + 1):
-                op = self._ops[j]
-                h = op(states[self._indices[j]])
+                op, index = self._ops[j], self._indices[j]
+                x = states[index]
+                if getattr(op, 'takes_relu', False):  # fused ops share one ReLU per state
+                    if index not in relu_cache:
+                        relu_cache[index] = F.relu(x)
+                    h = op(relu_cache[index])
+                elif self.share_pools and isinstance(op, Pool):
+                    key = (index, op.kind, op.pool.stride)
+                    if key not in pool_cache:
+                        pool_cache[key] = op.pool(x)
+                    h = op.finish(pool_cache[key])
+                else:
+                    h = op(x)
                 if drop_prob > 0.0 and not isinstance(op, Identity):
                     h = drop_path(h, drop_prob)
                 hs.append(h)
@@ -254,6 +267,32 @@ class NetworkImageNet(nn.Module):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         feats, logits_aux = self._forward_cells(x)
         return self.forward_head(feats.mean(dim=(2, 3))), logits_aux
+
+
+def optimize_for_inference(net: NetworkImageNet, channels_last: bool = True) -> NetworkImageNet:
+    """The fast inference path, in place: every BatchNorm folded into the conv before it, one
+    ReLU per cell state shared by the ops that read it, equal max pools computed once, and
+    channels_last weights (feed channels_last inputs). Logits stay within 1e-4 of the plain
+    model; the result is for inference only (its state dict has no BatchNorm entries)."""
+    net.eval()
+    fold_bn_into_conv(net.conv0, net.conv0_bn)
+    net.conv0_bn = nn.Identity()
+    for cell in net.cells:
+        for op in [cell.preprocess0, cell.preprocess1, *cell._ops]:
+            if op is not None:
+                fuse_op(op)
+        cell.share_pools = True
+    if net.auxiliary_head is not None:
+        head = net.auxiliary_head
+        fold_bn_into_conv(head.proj, head.bn0)
+        fold_bn_into_conv(head.conv, head.bn1)
+        head.bn0, head.bn1 = nn.Identity(), nn.Identity()
+    for p in net.parameters():
+        p.requires_grad_(False)
+    if channels_last:
+        net.to(memory_format=torch.channels_last)
+    net.channels_last = channels_last
+    return net
 
 
 def pnasnet5large(**overrides) -> NetworkImageNet:

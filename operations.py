@@ -134,10 +134,11 @@ class FactorizedReduce(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.relu(x)
-        path1 = self.conv_1(x)
-        path2 = self.conv_2(x[:, :, 1:, 1:])
-        path2 = F.pad(path2, (0, path1.shape[-1] - path2.shape[-1], 0, path1.shape[-2] - path2.shape[-2]))
-        return self.bn(torch.cat([path1, path2], dim=1))
+        h, w = x.shape[-2:]
+        shifted = x[:, :, 1:, 1:]
+        if h % 2 or w % 2:  # TF's zero row/column, which only an odd size ever samples
+            shifted = F.pad(shifted, (0, w % 2, 0, h % 2))
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
 
 
 class SepConv(nn.Module):
@@ -209,8 +210,11 @@ class Pool(nn.Module):
             self.bn = batch_norm(C_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.pool(x)
-        return self.bn(self.conv(x)) if self.project else x
+        return self.finish(self.pool(x))
+
+    def finish(self, pooled: torch.Tensor) -> torch.Tensor:
+        """The part after the pool, so that a cell can share one pool between two ops."""
+        return self.bn(self.conv(pooled)) if self.project else pooled
 
 
 class Identity(nn.Module):
@@ -254,6 +258,42 @@ OPS: Dict[str, Callable[[int, int, int, str], nn.Module]] = {
     'dil_conv_5x5': lambda C_in, C_out, stride, padding: DilConv(C_in, C_out, 5, stride, 2, padding),
     'conv_7x1_1x7': lambda C_in, C_out, stride, padding: Conv7x1x1x7(C_in, C_out, stride, padding),
 }
+
+
+def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d, channels: slice = slice(None)) -> None:
+    """Makes ``conv`` compute ``bn(conv(x))`` (eval statistics) for the output channels of ``bn``
+    selected by ``channels``; folded in float64, stored in the conv's dtype."""
+    scale = bn.weight.double() / torch.sqrt(bn.running_var.double() + bn.eps)
+    shift = bn.bias.double() - bn.running_mean.double() * scale
+    scale, shift = scale[channels], shift[channels]
+    weight = conv.weight.double() * scale.view(-1, 1, 1, 1)
+    bias = shift if conv.bias is None else conv.bias.double() * scale + shift
+    conv.weight = nn.Parameter(weight.to(conv.weight.dtype), requires_grad=False)
+    conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
+
+
+def fuse_op(op: nn.Module) -> None:
+    """Folds every BatchNorm of an op into the conv before it (inference only) and drops the
+    op's leading ReLU where the cell can hand it an already rectified input (``takes_relu``)."""
+    pairs = {ReLUConvBN: [('conv', 'bn')], SepConv: [('pointwise1', 'bn1'), ('pointwise2', 'bn2')],
+             DilConv: [('pointwise', 'bn')], Conv7x1x1x7: [('conv_7x1', 'bn')],
+             Pool: [('conv', 'bn')], Identity: [('conv', 'bn')]}
+    if isinstance(op, FactorizedReduce):
+        half = op.C_out // 2
+        fold_bn_into_conv(op.conv_1, op.bn, slice(0, half))
+        fold_bn_into_conv(op.conv_2, op.bn, slice(half, None))
+        op.bn = nn.Identity()
+        return
+    for conv_name, bn_name in pairs.get(type(op), []):
+        bn = getattr(op, bn_name, None)
+        if isinstance(bn, nn.BatchNorm2d):
+            fold_bn_into_conv(getattr(op, conv_name), bn)
+            setattr(op, bn_name, nn.Identity())
+    first_relu = {SepConv: 'relu1', DilConv: 'relu', Conv7x1x1x7: 'relu', Identity: 'relu'}
+    name = first_relu.get(type(op))
+    if name and isinstance(getattr(op, name, None), nn.ReLU):
+        setattr(op, name, nn.Identity())
+        op.takes_relu = True
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:

@@ -4,7 +4,9 @@
 bit: the same float32 operations in the same order (see ../shared/SPEC.md), so the evaluation
 needs no TensorFlow. ``preprocess_for_eval_tf`` keeps the TensorFlow original for comparison.
 """
+import ctypes
 import os
+import sys
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -37,22 +39,32 @@ def _legacy_bilinear_taps(in_size: int, out_size: int):
     return lower, upper, lerp
 
 
-def resize_bilinear_legacy(image: np.ndarray, height: int, width: int) -> np.ndarray:
-    """float32 HxWxC -> height x width x C, equal to tf.compat.v1.image.resize_bilinear.
+def resize_bilinear_legacy(image: np.ndarray, height: int, width: int,
+                           scale: Optional[np.float32] = None) -> np.ndarray:
+    """HxWxC -> height x width x C float32, equal to tf.compat.v1.image.resize_bilinear.
 
     TF computes, per output pixel, top = tl + (tr - tl) * xl, bottom = bl + (br - bl) * xl,
     out = top + (bottom - top) * yl. ``top`` and ``bottom`` depend only on the source row, so
     they are computed once per source row here; the operations, and so the bits, are the same.
+    With ``scale``, ``image`` is uint8 and each gathered pixel is first converted as
+    ``float32(pixel) * scale`` (what convert_image_dtype does to every pixel), which gathers
+    bytes instead of floats.
     """
     y0, y1, yl = _legacy_bilinear_taps(image.shape[0], height)
     x0, x1, xl = _legacy_bilinear_taps(image.shape[1], width)
-    rows = np.union1d(y0, y1)
-    sub = image[rows]
-    left, right = sub[:, x0], sub[:, x1]
-    horiz = left + (right - left) * xl[None, :, None]          # [len(rows), width, C]
-    where = np.searchsorted(rows, np.arange(image.shape[0]))
-    top, bottom = horiz[where[y0]], horiz[where[y1]]
-    return top + (bottom - top) * yl[:, None, None]
+    left = image[:, x0].astype(np.float32)
+    right = image[:, x1].astype(np.float32)
+    if scale is not None:
+        left *= scale
+        right *= scale
+    right -= left                  # in place: horiz = left + (right - left) * xl
+    right *= xl[None, :, None]
+    right += left
+    top, bottom = right[y0], right[y1]
+    bottom -= top                  # out = top + (bottom - top) * yl
+    bottom *= yl[:, None, None]
+    bottom += top
+    return bottom
 
 
 def preprocess_for_eval(image: np.ndarray, height: int, width: int,
@@ -67,10 +79,14 @@ def preprocess_for_eval(image: np.ndarray, height: int, width: int,
         top, left, ch, cw = central_crop_box(h, w, central_fraction)
         image = image[top:top + ch, left:left + cw]
     # convert_image_dtype multiplies by float32(1/255); dividing by 255 differs in the last bit
-    x = image.astype(np.float32) * np.float32(1.0 / 255)
+    scale = np.float32(1.0 / 255)
     if height and width:
-        x = resize_bilinear_legacy(x, height, width)
-    return (x - np.float32(0.5)) * np.float32(2.0)
+        x = resize_bilinear_legacy(image, height, width, scale=scale)
+    else:
+        x = image.astype(np.float32) * scale
+    x -= np.float32(0.5)
+    x *= np.float32(2.0)
+    return x
 
 
 def preprocess_for_eval_tf(image: np.ndarray, height: int, width: int,
@@ -178,6 +194,20 @@ class EvalDataset(torch.utils.data.Dataset):
                 raise
             x, label = np.zeros((self.image_size, self.image_size, 3), np.float32), -1
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), label, i
+
+
+def tune_cpu_allocator() -> None:
+    """Keeps freed activation buffers in the process heap (Linux, glibc). By default glibc hands
+    every buffer over 32 MiB back to the OS and page-faults it in again on the next batch, which
+    on CPU costs about as much as all the ReLUs, pools and concats of PNASNet-5 Large together."""
+    if not sys.platform.startswith('linux'):
+        return
+    try:
+        libc = ctypes.CDLL('libc.so.6')
+        libc.mallopt(-4, 0)          # M_MMAP_MAX: serve large blocks from the heap, not mmap
+        libc.mallopt(-1, 1 << 30)    # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap
+    except (OSError, AttributeError):
+        pass
 
 
 # --- metrics ---------------------------------------------------------------------------------------

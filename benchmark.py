@@ -1,0 +1,235 @@
+"""Throughput of this port against TF-Slim (the tf_reference graph) and timm, in one process.
+
+    python benchmark.py                      # batch 4, 331 px, 2 threads on CPU
+    python benchmark.py --json bench.json    # also write the figures
+
+All models get the same random PNASNet-5 Large weights where they can (this port and the TF graph
+share one converted checkpoint; timm's has its own random weights), the same batch and size, and
+are timed interleaved: one forward of each in turn, several rounds after a warm-up, so that the
+load of a shared machine falls on all of them alike. What matters is the ratio column.
+"""
+import argparse
+import copy
+import json
+import os
+import platform
+import resource
+import statistics
+import sys
+import tempfile
+import time
+
+import numpy as np
+import torch
+
+import model as model_mod
+import utils
+
+
+def rss_mb() -> float:
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def timed_rounds(runners: dict, rounds: int, batch: int) -> dict:
+    """img/s of each runner per round, interleaved."""
+    times = {name: [] for name in runners}
+    for _ in range(rounds):
+        for name, fn in runners.items():
+            t0 = time.perf_counter()
+            fn()
+            times[name].append(batch / (time.perf_counter() - t0))
+    return times
+
+
+def summary(values):
+    return {'median': statistics.median(values), 'min': min(values), 'max': max(values)}
+
+
+def preprocess_rates(n: int, rounds: int) -> dict:
+    """Decode + preprocess per image: NumPy (this port) against TF's op called per image."""
+    from PIL import Image
+    rng = np.random.default_rng(0)
+    folder = tempfile.mkdtemp(prefix='pnasnet_bench_')
+    paths = []
+    for i in range(n):
+        img = rng.integers(0, 256, (8, 8, 3), dtype=np.uint8)
+        img = np.asarray(Image.fromarray(img).resize((500, 375), Image.BICUBIC))
+        path = os.path.join(folder, f'{i}.JPEG')
+        Image.fromarray(img).save(path, quality=90)
+        paths.append(path)
+
+    def numpy_run():
+        for p in paths:
+            utils.preprocess_for_eval(utils.load_rgb(p), 331, 331)
+
+    def tf_run():
+        for p in paths:
+            utils.preprocess_for_eval_tf(utils.load_rgb(p), 331, 331)
+
+    tf_run()  # warm up TF's eager kernels
+    times = timed_rounds({'numpy': numpy_run, 'tf': tf_run}, rounds, n)
+    for p in paths:
+        os.remove(p)
+    os.rmdir(folder)
+    return {k: summary(v) for k, v in times.items()}
+
+
+def main(argv=None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--batch', type=int, default=4)
+    ap.add_argument('--size', type=int, default=331)
+    ap.add_argument('--threads', type=int, default=2, help='CPU threads for every framework')
+    ap.add_argument('--rounds', type=int, default=5)
+    ap.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
+    ap.add_argument('--compile', action='store_true', help='also time torch.compile of the fast path')
+    ap.add_argument('--no-tf', action='store_true')
+    ap.add_argument('--no-timm', action='store_true')
+    ap.add_argument('--json', help='write the figures here')
+    args = ap.parse_args(argv)
+
+    device = torch.device('cuda' if args.device in ('auto', 'cuda') and torch.cuda.is_available() else 'cpu')
+    torch.set_num_threads(args.threads)
+    utils.tune_cpu_allocator()
+    import tf_reference
+    tf = tf_reference.import_tf()
+    tf.config.threading.set_intra_op_parallelism_threads(1)  # eager: the per-image preprocessing op
+    tf.config.threading.set_inter_op_parallelism_threads(1)
+
+    config = model_mod.PNASNetConfig.large(image_size=args.size)
+    workdir = tempfile.mkdtemp(prefix='pnasnet_bench_')
+    prefix = os.path.join(workdir, 'model.ckpt')
+    print(f'making a random PNASNet-5 Large checkpoint ({config.num_conv_filters} filters) ...', flush=True)
+    images = tf_reference.calibration_images(args.size, n=args.batch, seed=42)
+    tf_reference.make_random_checkpoint(prefix, config, seed=1, image_size=args.size)
+    import convert
+    pth = os.path.join(workdir, 'large.pth')
+    convert.convert(prefix, pth, check=False, log=lambda *a: None)
+
+    plain = model_mod.load_pretrained(pth).to(device)
+    fast = model_mod.optimize_for_inference(copy.deepcopy(plain))
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
+
+    def run(net, inp, dtype=None):
+        def fn():
+            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
+                                                        enabled=dtype is not None):
+                out = net(inp)[0]
+            sync()
+            return out
+        return fn
+
+    rss0 = rss_mb()
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    with torch.inference_mode():
+        logits_fp32 = run(fast, x_cl)().float().cpu().numpy()
+        logits_plain = run(plain, x)().float().cpu().numpy()
+    peak = {'fast_fp32_forward_rss_growth_mb': rss_mb() - rss0}
+    if device.type == 'cuda':
+        peak['cuda_max_allocated_mb'] = torch.cuda.max_memory_allocated() / 2 ** 20
+    bf16 = torch.bfloat16
+    logits_bf16 = run(fast, x_cl, bf16)().float().cpu().numpy()
+
+    runners = {'fp32': run(fast, x_cl), 'bf16': run(fast, x_cl, bf16), 'plain_fp32': run(plain, x)}
+    if device.type == 'cuda':
+        runners['fp16'] = run(fast, x_cl, torch.float16)
+    if args.compile:
+        compiled = torch.compile(fast)
+        runners['compiled_fp32'] = run(compiled, x_cl)
+    notes = []
+    if not args.no_timm:
+        try:
+            import timm
+            t_nchw = timm.create_model('pnasnet5large', pretrained=False).eval().to(device)
+            t_cl = copy.deepcopy(t_nchw).to(memory_format=torch.channels_last)
+            runners['timm_nchw'] = run(t_nchw, x)
+            runners['timm_channels_last'] = run(t_cl, x_cl)
+        except ImportError:
+            notes.append('timm is not installed: its rows are skipped (pip install timm)')
+    tf_net = None
+    if not args.no_tf:
+        tf_net = tf_reference.TFModel(prefix, config, args.size, args.size, threads=args.threads)
+        tf_logits = tf_net(images, 'logits')
+        runners['tf_fp32'] = lambda: tf_net(images, 'logits')
+
+    for fn in runners.values():  # warm-up (and compilation)
+        fn()
+    print(f'timing {len(runners)} models, {args.rounds} interleaved rounds, batch {args.batch}, '
+          f'{args.size} px, {args.threads} threads, {device} ...', flush=True)
+    rates = {k: summary(v) for k, v in timed_rounds(runners, args.rounds, args.batch).items()}
+    pre = preprocess_rates(n=16, rounds=max(3, args.rounds))
+
+    labels = {'fp32': 'this port, fp32 (BN folded, channels_last)',
+              'bf16': 'this port, bf16 autocast', 'fp16': 'this port, fp16 autocast',
+              'compiled_fp32': 'this port, fp32, torch.compile',
+              'plain_fp32': 'this port, fp32, unfused NCHW',
+              'timm_nchw': 'timm pnasnet5large, NCHW', 'timm_channels_last': 'timm pnasnet5large, channels_last',
+              'tf_fp32': 'TF-Slim graph (tf_reference), fp32 NHWC'}
+    base = rates['fp32']['median']
+    print(f'\n{"model":48s} {"img/s":>7s} {"min-max":>13s} {"this fp32 / it":>15s}')
+    for k, r in rates.items():
+        print(f'{labels[k]:48s} {r["median"]:7.2f} {r["min"]:6.2f}-{r["max"]:<6.2f} {base / r["median"]:15.2f}')
+    timm_best = max((rates[k]['median'] for k in ('timm_nchw', 'timm_channels_last') if k in rates),
+                    default=None)
+    result = {
+        'fp32_img_s': base, 'bf16_img_s': rates['bf16']['median'],
+        'plain_fp32_img_s': rates['plain_fp32']['median'],
+        'tf_fp32_img_s': rates['tf_fp32']['median'] if 'tf_fp32' in rates else None,
+        'timm_best_img_s': timm_best,
+        'preprocess_img_s': pre['numpy']['median'], 'tf_preprocess_img_s': pre['tf']['median'],
+        'max_abs_logit_diff_fast_vs_plain': float(np.abs(logits_fp32 - logits_plain).max()),
+        'bf16_same_top1_as_fp32': bool((logits_bf16.argmax(1) == logits_fp32.argmax(1)).all()),
+        'rates': rates, 'preprocess': pre, 'memory': peak,
+        'settings': {'batch': args.batch, 'size': args.size, 'threads': args.threads,
+                     'device': str(device), 'rounds': args.rounds, 'torch': torch.__version__,
+                     'tensorflow': tf.__version__, 'machine': platform.machine(),
+                     'processor': _cpu_name(), 'cpus': os.cpu_count()},
+        'notes': notes,
+    }
+    if tf_net is not None:
+        result['max_abs_logit_diff_vs_tf'] = float(np.abs(logits_fp32 - tf_logits).max())
+    if 'fp16' in rates:
+        result['fp16_img_s'] = rates['fp16']['median']
+    print()
+    if timm_best:
+        print(f'fp32 / timm best layout: {base / timm_best:.2f}x')
+    if result['tf_fp32_img_s']:
+        print(f'fp32 / TF graph: {base / result["tf_fp32_img_s"]:.2f}x; '
+              f'bf16 / TF graph fp32: {result["bf16_img_s"] / result["tf_fp32_img_s"]:.2f}x')
+        print(f'max |logits - TF| (fp32 fast path): {result["max_abs_logit_diff_vs_tf"]:.3g}')
+    print(f'bf16 top-1 equals fp32 top-1 on the {args.batch} reference images: '
+          f'{result["bf16_same_top1_as_fp32"]}')
+    print(f'preprocessing (decode + preprocess_for_eval, 500x375 JPEG -> 331, one thread): '
+          f'numpy {pre["numpy"]["median"]:.1f} img/s, TF op {pre["tf"]["median"]:.1f} img/s, '
+          f'ratio {pre["numpy"]["median"] / pre["tf"]["median"]:.2f}')
+    print(f'memory: the fast fp32 forward grew the process by {peak["fast_fp32_forward_rss_growth_mb"]:.0f} MiB; '
+          f'process peak {rss_mb():.0f} MiB')
+    for note in notes:
+        print('note:', note)
+    if args.json:
+        utils_save_json(result, args.json)
+    if tf_net is not None:
+        tf_net.close()
+    return 0
+
+
+def _cpu_name() -> str:
+    try:
+        with open('/proc/cpuinfo') as f:
+            for line in f:
+                if line.startswith('model name'):
+                    return line.split(':', 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def utils_save_json(obj, path):
+    from main import save_json_atomic
+    save_json_atomic(obj, path)
+
+
+if __name__ == '__main__':
+    sys.exit(main())
