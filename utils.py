@@ -197,14 +197,19 @@ class EvalDataset(torch.utils.data.Dataset):
 
 
 def tune_cpu_allocator() -> None:
-    """Keeps freed activation buffers in the process heap (Linux, glibc). By default glibc hands
-    every buffer over 32 MiB back to the OS and page-faults it in again on the next batch, which
-    on CPU costs about as much as all the ReLUs, pools and concats of PNASNet-5 Large together."""
+    """Keeps freed activation buffers of up to 32 MiB in the process heap (Linux, glibc).
+
+    By default glibc's mmap threshold adapts upward only slowly and its heap is trimmed eagerly,
+    so buffers of a few MiB go back to the OS and are page-faulted in again on every batch, which
+    on CPU costs about as much as all the ReLUs, pools and concats of PNASNet-5 Large together.
+    (Turning mmap off entirely would also catch larger buffers, but then a thread arena cannot
+    serve a request over 64 MiB at all: TensorFlow crashes on the NULL it gets.)
+    """
     if not sys.platform.startswith('linux'):
         return
     try:
         libc = ctypes.CDLL('libc.so.6')
-        libc.mallopt(-4, 0)          # M_MMAP_MAX: serve large blocks from the heap, not mmap
+        libc.mallopt(-3, 32 << 20)   # M_MMAP_THRESHOLD: glibc's largest, 32 MiB
         libc.mallopt(-1, 1 << 30)    # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap
     except (OSError, AttributeError):
         pass
