@@ -89,7 +89,6 @@ def main(argv=None) -> int:
 
     device = torch.device('cuda' if args.device in ('auto', 'cuda') and torch.cuda.is_available() else 'cpu')
     torch.set_num_threads(args.threads)
-    utils.tune_cpu_allocator()
     import tf_reference
     tf = tf_reference.import_tf()
     tf.config.threading.set_intra_op_parallelism_threads(1)  # eager: the per-image preprocessing op

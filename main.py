@@ -228,8 +228,6 @@ def run(args) -> int:
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     try:
         check_output_paths(args)
-        if device.type == 'cpu':
-            utils.tune_cpu_allocator()
         net = load_model(args.weights, device, args.plain)
         if args.image_size is None:
             args.image_size = net.config.image_size

@@ -4,9 +4,7 @@
 bit: the same float32 operations in the same order (see ../shared/SPEC.md), so the evaluation
 needs no TensorFlow. ``preprocess_for_eval_tf`` keeps the TensorFlow original for comparison.
 """
-import ctypes
 import os
-import sys
 from typing import List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -194,25 +192,6 @@ class EvalDataset(torch.utils.data.Dataset):
                 raise
             x, label = np.zeros((self.image_size, self.image_size, 3), np.float32), -1
         return torch.from_numpy(np.ascontiguousarray(x.transpose(2, 0, 1))), label, i
-
-
-def tune_cpu_allocator() -> None:
-    """Keeps freed activation buffers of up to 32 MiB in the process heap (Linux, glibc).
-
-    By default glibc's mmap threshold adapts upward only slowly and its heap is trimmed eagerly,
-    so buffers of a few MiB go back to the OS and are page-faulted in again on every batch, which
-    on CPU costs about as much as all the ReLUs, pools and concats of PNASNet-5 Large together.
-    (Turning mmap off entirely would also catch larger buffers, but then a thread arena cannot
-    serve a request over 64 MiB at all: TensorFlow crashes on the NULL it gets.)
-    """
-    if not sys.platform.startswith('linux'):
-        return
-    try:
-        libc = ctypes.CDLL('libc.so.6')
-        libc.mallopt(-3, 32 << 20)   # M_MMAP_THRESHOLD: glibc's largest, 32 MiB
-        libc.mallopt(-1, 1 << 30)    # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap
-    except (OSError, AttributeError):
-        pass
 
 
 # --- metrics ---------------------------------------------------------------------------------------
