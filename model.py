@@ -19,7 +19,7 @@ import torch.nn.functional as F
 
 import genotypes as genotypes_mod
 from operations import (OPS, PADDING_MODES, FactorizedReduce, Identity, Pool, ReLUConvBN,
-                        batch_norm, drop_path, fold_bn_into_conv, fuse_op)
+                        batch_norm, drop_path, fold_bn, fuse_op)
 
 
 @dataclass
@@ -275,18 +275,15 @@ def optimize_for_inference(net: NetworkImageNet, channels_last: bool = True) -> 
     channels_last weights (feed channels_last inputs). Logits stay within 1e-4 of the plain
     model; the result is for inference only (its state dict has no BatchNorm entries)."""
     net.eval()
-    fold_bn_into_conv(net.conv0, net.conv0_bn)
-    net.conv0_bn = nn.Identity()
+    fold_bn(net, 'conv0', 'conv0_bn')
     for cell in net.cells:
         for op in [cell.preprocess0, cell.preprocess1, *cell._ops]:
             if op is not None:
                 fuse_op(op)
         cell.share_pools = True
     if net.auxiliary_head is not None:
-        head = net.auxiliary_head
-        fold_bn_into_conv(head.proj, head.bn0)
-        fold_bn_into_conv(head.conv, head.bn1)
-        head.bn0, head.bn1 = nn.Identity(), nn.Identity()
+        fold_bn(net.auxiliary_head, 'proj', 'bn0')
+        fold_bn(net.auxiliary_head, 'conv', 'bn1')
     for p in net.parameters():
         p.requires_grad_(False)
     if channels_last:

@@ -272,6 +272,14 @@ def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d, channels: slice = sli
     conv.bias = nn.Parameter(bias.to(conv.weight.dtype), requires_grad=False)
 
 
+def fold_bn(owner: nn.Module, conv_name: str, bn_name: str) -> None:
+    """Folds ``owner.<bn_name>`` into ``owner.<conv_name>`` and replaces the BN by an identity."""
+    bn = getattr(owner, bn_name, None)
+    if isinstance(bn, nn.BatchNorm2d):
+        fold_bn_into_conv(getattr(owner, conv_name), bn)
+        setattr(owner, bn_name, nn.Identity())
+
+
 def fuse_op(op: nn.Module) -> None:
     """Folds every BatchNorm of an op into the conv before it (inference only) and drops the
     op's leading ReLU where the cell can hand it an already rectified input (``takes_relu``)."""
@@ -285,10 +293,7 @@ def fuse_op(op: nn.Module) -> None:
         op.bn = nn.Identity()
         return
     for conv_name, bn_name in pairs.get(type(op), []):
-        bn = getattr(op, bn_name, None)
-        if isinstance(bn, nn.BatchNorm2d):
-            fold_bn_into_conv(getattr(op, conv_name), bn)
-            setattr(op, bn_name, nn.Identity())
+        fold_bn(op, conv_name, bn_name)
     first_relu = {SepConv: 'relu1', DilConv: 'relu', Conv7x1x1x7: 'relu', Identity: 'relu'}
     name = first_relu.get(type(op))
     if name and isinstance(getattr(op, name, None), nn.ReLU):
