@@ -10,7 +10,6 @@ load of a shared machine falls on all of them alike. What matters is the ratio c
 """
 import argparse
 import copy
-import json
 import os
 import platform
 import resource
@@ -208,7 +207,7 @@ def main(argv=None) -> int:
     for note in notes:
         print('note:', note)
     if args.json:
-        utils_save_json(result, args.json)
+        utils.save_json(result, args.json)
     if tf_net is not None:
         tf_net.close()
     return 0
@@ -223,11 +222,6 @@ def _cpu_name() -> str:
     except OSError:
         pass
     return platform.processor()
-
-
-def utils_save_json(obj, path):
-    from main import save_json_atomic
-    save_json_atomic(obj, path)
 
 
 if __name__ == '__main__':

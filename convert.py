@@ -28,6 +28,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import utils
 from model import NetworkImageNet, PNASNetConfig, load_pretrained
 from operations import (Conv7x1x1x7, DilConv, FactorizedReduce, Identity, Pool, ReLUConvBN,
                         SepConv)
@@ -281,20 +282,6 @@ def _check_output(output: str, force: bool) -> None:
         raise ConvertError(f'cannot write to the output folder {folder}; choose another --output')
 
 
-def save_atomic(obj, output: str) -> None:
-    """torch.save to a temporary file beside ``output``, then rename: never a half-written file."""
-    folder = os.path.dirname(os.path.abspath(output))
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(output) + '.', suffix='.tmp', dir=folder)
-    try:
-        with os.fdopen(fd, 'wb') as f:
-            torch.save(obj, f)
-        os.replace(tmp, output)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        raise
-
-
 def convert(checkpoint: str, output: str, force: bool = False, check: bool = True,
             image_size: Optional[int] = None, log=print) -> dict:
     """Converts ``checkpoint`` (prefix, folder or .tar.gz) to ``output``; returns a report."""
@@ -331,7 +318,7 @@ def convert(checkpoint: str, output: str, force: bool = False, check: bool = Tru
                                    f'{worst:.3g} (> {tol:.3g}); nothing was written')
         payload = {'config': config.to_dict(), 'state_dict': net.state_dict(),
                    'source': {'checkpoint': os.path.basename(prefix), 'parameters': n_params}}
-        save_atomic(payload, output)
+        utils.write_atomic(output, lambda f: torch.save(payload, f))
         log(f'wrote {output} ({n_params:,} parameters without the aux head)')
         return report
     finally:

@@ -8,11 +8,10 @@
 The last line is the original port's: ``Test: [50000/50000]	Prec@1 0.829	Prec@5 0.962``.
 """
 import argparse
-import json
 import os
 import sys
 import time
-from typing import List, Optional
+from typing import List
 
 import numpy as np
 import torch
@@ -83,23 +82,6 @@ def class_logits(logits: torch.Tensor) -> torch.Tensor:
     return logits[:, 1:] if logits.shape[1] == 1001 else logits
 
 
-def save_json_atomic(obj, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f'.{os.path.basename(path)}.{os.getpid()}.tmp')
-    with open(tmp, 'w') as f:
-        json.dump(obj, f, indent=1)
-    os.replace(tmp, path)
-
-
-def save_npy_atomic(array: np.ndarray, path: str) -> None:
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    tmp = os.path.join(folder, f'.{os.path.basename(path)}.{os.getpid()}.tmp.npy')
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
 def check_output_paths(args) -> None:
     for flag, path in (('--output', args.output), ('--features', args.features)):
         if path:
@@ -145,16 +127,15 @@ def evaluate(net, samples, args, device, rank: int = 0, world: int = 1) -> dict:
                 logits = net.forward_head(f)
             logits = class_logits(logits.float()).cpu()
             top5 = logits.topk(5, dim=1).indices
-            lab = label
-            for j in range(len(lab)):
+            for j in range(len(label)):
                 if ok[j]:
-                    records.append((mine[int(local[j])], int(lab[j]), top5[j].tolist()))
+                    records.append((mine[int(local[j])], int(label[j]), top5[j].tolist()))
             if args.features:
                 feats.append((local[ok], f.float().cpu()[ok]))
-            k1, k5 = utils.topk_correct(logits[ok], lab[ok])
+            k1, k5 = utils.topk_correct(logits[ok], label[ok])
             c1, c5, seen = c1 + k1, c5 + k5, seen + int(ok.sum())
             if bar is not None:
-                bar.update(len(lab) * world)
+                bar.update(len(label) * world)
                 bar.set_postfix_str(f'Prec@1 {c1 / max(seen, 1):.3f} Prec@5 {c5 / max(seen, 1):.3f} '
                                     f'{seen * world / (time.perf_counter() - start):.1f} img/s')
     if bar is not None:
@@ -252,9 +233,10 @@ def run(args) -> int:
         if args.features:
             idx = np.concatenate([p['features'][0] for p in parts])
             feats = np.concatenate([p['features'][1] for p in parts if p['features'][1].size])
-            save_npy_atomic(feats[np.argsort(idx, kind='stable')], args.features)
+            ordered = feats[np.argsort(idx, kind='stable')]
+            utils.write_atomic(args.features, lambda f: np.save(f, ordered))
         if args.output:
-            save_json_atomic(result, args.output)
+            utils.save_json(result, args.output)
         n = result['images']
         if result['skipped_bad']:
             print(f'{len(result["skipped_bad"])} image(s) skipped, {n} evaluated')

@@ -4,8 +4,10 @@
 bit: the same float32 operations in the same order (see ../shared/SPEC.md), so the evaluation
 needs no TensorFlow. ``preprocess_for_eval_tf`` keeps the TensorFlow original for comparison.
 """
+import json
 import os
-from typing import List, Optional, Sequence, Tuple
+import tempfile
+from typing import BinaryIO, Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -14,6 +16,28 @@ from PIL import Image
 DATA_DIR = os.path.join(os.path.dirname(os.path.abspath(__file__)), 'data')
 CLASS_NAMES_FILE = os.path.join(DATA_DIR, 'imagenet_class_names.tsv')
 IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.tiff', '.webp')
+
+
+# --- files ----------------------------------------------------------------------------------------
+
+def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Calls ``write(file)`` on a temporary file beside ``path``, then renames it over ``path``:
+    a reader never sees a half-written file, and a failed write leaves what was there."""
+    folder = os.path.dirname(os.path.abspath(path))
+    os.makedirs(folder, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    try:
+        with os.fdopen(fd, 'wb') as f:
+            write(f)
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def save_json(obj, path: str) -> None:
+    write_atomic(path, lambda f: f.write(json.dumps(obj, indent=1).encode()))
 
 
 # --- preprocessing ---------------------------------------------------------------------------------

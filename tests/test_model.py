@@ -6,7 +6,7 @@ import torch
 
 import genotypes
 import model
-from genotypes import Genotype, GenotypeError
+from genotypes import GenotypeError
 from model import NetworkImageNet, PNASNetConfig
 
 
