@@ -88,6 +88,12 @@ def main(argv=None) -> int:
 
     device = torch.device('cuda' if args.device in ('auto', 'cuda') and torch.cuda.is_available() else 'cpu')
     torch.set_num_threads(args.threads)
+    timm = None
+    if not args.no_timm:
+        try:  # before TensorFlow: triton's native library (imported by timm) segfaults after TF's
+            import timm
+        except ImportError:
+            pass
     import tf_reference
     tf = tf_reference.import_tf()
     tf.config.threading.set_intra_op_parallelism_threads(1)  # eager: the per-image preprocessing op
@@ -137,15 +143,13 @@ def main(argv=None) -> int:
         compiled = torch.compile(fast)
         runners['compiled_fp32'] = run(compiled, x_cl)
     notes = []
-    if not args.no_timm:
-        try:
-            import timm
-            t_nchw = timm.create_model('pnasnet5large', pretrained=False).eval().to(device)
-            t_cl = copy.deepcopy(t_nchw).to(memory_format=torch.channels_last)
-            runners['timm_nchw'] = run(t_nchw, x)
-            runners['timm_channels_last'] = run(t_cl, x_cl)
-        except ImportError:
-            notes.append('timm is not installed: its rows are skipped (pip install timm)')
+    if timm is None and not args.no_timm:
+        notes.append('timm is not installed: its rows are skipped (pip install timm)')
+    if timm is not None:
+        t_nchw = timm.create_model('pnasnet5large', pretrained=False).eval().to(device)
+        t_cl = copy.deepcopy(t_nchw).to(memory_format=torch.channels_last)
+        runners['timm_nchw'] = run(t_nchw, x)
+        runners['timm_channels_last'] = run(t_cl, x_cl)
     tf_net = None
     if not args.no_tf:
         tf_net = tf_reference.TFModel(prefix, config, args.size, args.size, threads=args.threads)
