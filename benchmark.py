@@ -88,6 +88,8 @@ def main(argv=None) -> int:
 
     device = torch.device('cuda' if args.device in ('auto', 'cuda') and torch.cuda.is_available() else 'cpu')
     torch.set_num_threads(args.threads)
+    if device.type == 'cpu':
+        utils.tune_cpu_allocator()  # as main.py does; it affects every model in the process alike
     timm = None
     if not args.no_timm:
         try:  # before TensorFlow: triton's native library (imported by timm) segfaults after TF's
@@ -192,6 +194,9 @@ def main(argv=None) -> int:
     }
     if tf_net is not None:
         result['max_abs_logit_diff_vs_tf'] = float(np.abs(logits_fp32 - tf_logits).max())
+        if 'compiled_fp32' in runners:
+            compiled_logits = runners['compiled_fp32']().float().cpu().numpy()
+            result['compiled_max_abs_logit_diff_vs_tf'] = float(np.abs(compiled_logits - tf_logits).max())
     if 'fp16' in rates:
         result['fp16_img_s'] = rates['fp16']['median']
     print()
@@ -200,7 +205,9 @@ def main(argv=None) -> int:
     if result['tf_fp32_img_s']:
         print(f'fp32 / TF graph: {base / result["tf_fp32_img_s"]:.2f}x; '
               f'bf16 / TF graph fp32: {result["bf16_img_s"] / result["tf_fp32_img_s"]:.2f}x')
-        print(f'max |logits - TF| (fp32 fast path): {result["max_abs_logit_diff_vs_tf"]:.3g}')
+        print(f'max |logits - TF| (fp32 fast path): {result["max_abs_logit_diff_vs_tf"]:.3g}'
+              + (f'; torch.compile: {result["compiled_max_abs_logit_diff_vs_tf"]:.3g}'
+                 if 'compiled_max_abs_logit_diff_vs_tf' in result else ''))
     print(f'bf16 top-1 equals fp32 top-1 on the {args.batch} reference images: '
           f'{result["bf16_same_top1_as_fp32"]}')
     print(f'preprocessing (decode + preprocess_for_eval, 500x375 JPEG -> 331, one thread): '

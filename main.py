@@ -43,6 +43,9 @@ def parse_args(argv=None):
     ap.add_argument('--plain', action='store_true',
                     help='run the model as converted, without the fused fast path (BN folding, '
                          'channels_last); for comparison')
+    ap.add_argument('--compile', action='store_true',
+                    help='torch.compile the fast path (about 1.15x on a 2-core CPU after a compile '
+                         'of a minute or more)')
     ap.add_argument('--no-progress', action='store_true', help='no progress bar')
     return ap.parse_args(argv)
 
@@ -209,9 +212,13 @@ def run(args) -> int:
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
     try:
         check_output_paths(args)
+        if device.type == 'cpu':
+            utils.tune_cpu_allocator()
         net = load_model(args.weights, device, args.plain)
         if args.image_size is None:
             args.image_size = net.config.image_size
+        if args.compile:
+            net.extract_features = torch.compile(net.extract_features)
         if args.image:
             if rank == 0:
                 classify_images(net, args.image, args, device)
