@@ -8,6 +8,7 @@ Expected input (as TF-Slim's inception preprocessing gives it, see ``utils.prepr
 RGB, NCHW float32 in [-1, 1], central crop 0.875, bilinear resize to 331 (Large) or 224 (Mobile).
 The 1001 logits put the background class at index 0; ImageNet class k is logit k + 1.
 """
+import collections
 import dataclasses
 import os
 from dataclasses import dataclass
@@ -19,7 +20,8 @@ import torch.nn.functional as F
 
 import genotypes as genotypes_mod
 from operations import (OPS, PADDING_MODES, FactorizedReduce, Identity, Pool, ReLUConvBN,
-                        batch_norm, drop_path, fold_bn, fuse_op)
+                        batch_norm, conv_forward, drop_path, finish, fold_bn, fuse_op,
+                        _format_of, max_pool_same)
 
 
 @dataclass
@@ -98,6 +100,7 @@ class Cell(nn.Module):
                  reduction_prev: bool, padding: str = 'tf', drop_scale: float = 1.0):
         super().__init__()
         self.reduction = reduction
+        self.C = C
         self.drop_scale = drop_scale  # TF-Slim scales the drop rate by (cell_num + 1) / total cells
         if C_prev_prev is None:
             self.preprocess0 = None
@@ -126,6 +129,7 @@ class Cell(nn.Module):
             C_in = C0 if index == 0 else C
             self._ops.append(OPS[name](C_in, C, stride, padding))
         self.share_pools = False  # set by optimize_for_inference: equal pools computed once
+        self.engine = None  # set by optimize_for_inference: the plan of forward_fused
 
     def forward(self, s0: Optional[torch.Tensor], s1: torch.Tensor,
                 drop_prob: float = 0.0) -> torch.Tensor:
@@ -155,6 +159,145 @@ class Cell(nn.Module):
                 hs.append(h)
             states.append(hs[0] + hs[1])
         return torch.cat([states[i] for i in self._concat], dim=1)
+
+    def plan_engine(self, rectify_output: bool) -> None:
+        """Plans ``forward_fused``. ``rectify_output``: every reader of this cell's output takes
+        its ReLU, so the cell may hand over ReLU(output) only. A combination is stored rectified
+        when nobody needs it raw: then its last conv applies the ReLU as a post-op."""
+        raw_readers = set()
+        for op, index in zip(self._ops, self._indices):
+            if not getattr(op, 'takes_relu', False):
+                raw_readers.add(index)
+        rect = {}
+        for s in range(2, 2 + self._steps):
+            rect[s] = s not in raw_readers and (rectify_output or s not in self._concat)
+        shared = collections.Counter(self._pool_key(j) for j, op in enumerate(self._ops)
+                                     if isinstance(op, Pool))
+        self.engine = {'rectify_output': rectify_output, 'rect': rect,
+                       'shared_pools': {key for key, uses in shared.items() if uses > 1}}
+
+    def _pool_key(self, j: int):
+        op = self._ops[j]
+        return (self._indices[j], op.kind, op.pool.stride)
+
+    def _pool(self, j: int, states: list, pools: dict, out=None) -> torch.Tensor:
+        """The pool of op ``j``, computed once per cell; with ``out``, the result is written
+        there (directly, unless another op shares the pool: ``out`` is added onto later)."""
+        key = self._pool_key(j)
+        if key not in pools:
+            op, x = self._ops[j], states[key[0]].get_raw()
+            target = None if key in self.engine['shared_pools'] else out
+            if op.kind == 'max':
+                pools[key] = max_pool_same(x, op.pool.kernel_size, op.pool.stride, op.pool.pad_mode,
+                                           out=target)
+            else:
+                pools[key] = op.pool(x)
+        pooled = pools[key]
+        if out is None or pooled is out:
+            return pooled
+        return out.copy_(pooled)
+
+    def _run_fused(self, j: int, states: list, pools: dict, add_to=None, relu: bool = False,
+                   out=None) -> torch.Tensor:
+        """Op ``j`` of the cell on its state; ``add_to``/``relu`` as in operations.conv_forward,
+        or the plain result written into ``out``."""
+        op, index = self._ops[j], self._indices[j]
+        state = states[index]
+        if isinstance(op, Pool) and not op.project:
+            if out is not None:
+                return self._pool(j, states, pools, out=out)
+            h = self._pool(j, states, pools)
+        elif isinstance(op, Pool):
+            h = op.fused(self._pool(j, states, pools), add_to, relu)
+        elif getattr(op, 'takes_relu', False):
+            h = op.fused(state.relu(), add_to, relu)
+        elif hasattr(op, 'fused'):
+            h = op.fused(state.get_raw(), add_to, relu)
+        else:
+            h = op(state.get_raw())
+        if out is not None:
+            return out.copy_(h)
+        if isinstance(op, Pool) and not op.project:
+            return finish(h, add_to, relu)
+        return h if hasattr(op, 'fused') else finish(h, add_to, relu)
+
+    def forward_fused(self, s0: Optional['_State'], s1: '_State') -> '_State':
+        """The inference engine's cell (after ``optimize_for_inference``): the same function as
+        ``forward`` in eval mode, computed with fewer passes over memory. The combinations are
+        written straight into the concat buffer: one op's result is copied into its slice and the
+        other op's last conv adds onto it in place (a oneDNN post-op on the CPU), with the ReLU
+        that every reader would apply fused in as well where the plan allows."""
+        plan = self.engine
+        if self.preprocess0 is None:
+            st0 = s1
+        elif isinstance(self.preprocess0, nn.Identity):
+            st0 = s0
+        else:
+            st0 = _State(raw=self.preprocess0.fused(s0.relu()))
+        st1 = _State(raw=self.preprocess1.fused(s1.relu()))
+        states = [st0, st1]
+        ref = st1.raw
+        n, _, h, w = ref.shape
+        stride = 2 if self.reduction else 1
+        widths = [st0.width() if i == 0 else st1.width() if i == 1 else self.C for i in self._concat]
+        fmt = _format_of(ref)
+        buf = torch.empty(n, sum(widths), -(-h // stride), -(-w // stride), dtype=ref.dtype,
+                          device=ref.device, memory_format=fmt)
+        slices, offset = {}, 0
+        for i, width in zip(self._concat, widths):
+            slices[i] = buf[:, offset:offset + width]
+            offset += width
+        pools = {}
+        for i in range(self._steps):
+            s, ja, jb = 2 + i, 2 * i, 2 * i + 1
+            rect = plan['rect'][s]
+            dst = slices.get(s)
+            acc = jb if getattr(self._ops[jb], 'ends_in_conv', False) else (
+                ja if getattr(self._ops[ja], 'ends_in_conv', False) else None)
+            if acc is not None:
+                if dst is None:
+                    dst = torch.empty(n, self.C, buf.shape[2], buf.shape[3], dtype=buf.dtype,
+                                      device=buf.device, memory_format=fmt)
+                self._run_fused(ja if acc == jb else jb, states, pools, out=dst)
+                out = self._run_fused(acc, states, pools, add_to=dst, relu=rect)
+            else:
+                ha, hb = self._run_fused(ja, states, pools), self._run_fused(jb, states, pools)
+                out = torch.add(ha, hb) if dst is None else torch.add(ha, hb, out=dst)
+                if rect:
+                    out.relu_()
+            states.append(_State(rect=out) if rect else _State(raw=out))
+        if plan['rectify_output']:
+            for i in self._concat:
+                if i < 2:
+                    slices[i].copy_(states[i].relu())
+                elif not plan['rect'][i]:
+                    slices[i].relu_()
+            return _State(rect=buf)
+        for i in self._concat:
+            if i < 2:
+                slices[i].copy_(states[i].get_raw())
+        return _State(raw=buf)
+
+
+class _State:
+    """A tensor of the inference engine as computed (``raw``), rectified (``rect``), or both."""
+    __slots__ = ('raw', 'rect')
+
+    def __init__(self, raw: Optional[torch.Tensor] = None, rect: Optional[torch.Tensor] = None):
+        self.raw, self.rect = raw, rect
+
+    def relu(self) -> torch.Tensor:
+        if self.rect is None:
+            self.rect = F.relu(self.raw)
+        return self.rect
+
+    def get_raw(self) -> torch.Tensor:
+        if self.raw is None:  # plan_engine keeps raw every state that an op reads raw
+            raise RuntimeError('inference engine: a state was kept rectified but is read raw')
+        return self.raw
+
+    def width(self) -> int:
+        return (self.raw if self.raw is not None else self.rect).shape[1]
 
 
 class AuxiliaryHead(nn.Module):
@@ -239,12 +382,15 @@ class NetworkImageNet(nn.Module):
 
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(self.num_features, config.num_classes)
+        self.engine = False  # optimize_for_inference switches eval forwards to forward_fused
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last cell's output after the final ReLU: [N, num_features, h, w]."""
         return self._forward_cells(x)[0]
 
     def _forward_cells(self, x: torch.Tensor):
+        if self.engine and not self.training and not torch.compiler.is_compiling():
+            return self._forward_cells_fused(x), None
         s1 = self.conv0_bn(self.conv0(x))
         s0 = None
         drop_prob = self.drop_path_prob if self.training else 0.0
@@ -255,6 +401,12 @@ class NetworkImageNet(nn.Module):
             if want_aux and k == self.aux_index:
                 logits_aux = self.auxiliary_head(s1)
         return F.relu(s1), logits_aux
+
+    def _forward_cells_fused(self, x: torch.Tensor) -> torch.Tensor:
+        s0, s1 = None, _State(raw=conv_forward(self.conv0, x))
+        for cell in self.cells:
+            s0, s1 = s1, cell.forward_fused(s0, s1)
+        return s1.relu()
 
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         """Global-pool vector [N, num_features] (TF-Hub's feature_vector: 4320 Large, 1080 Mobile)."""
@@ -269,11 +421,19 @@ class NetworkImageNet(nn.Module):
         return self.forward_head(feats.mean(dim=(2, 3))), logits_aux
 
 
-def optimize_for_inference(net: NetworkImageNet, channels_last: bool = True) -> NetworkImageNet:
+def optimize_for_inference(net: NetworkImageNet, channels_last: bool = True,
+                           engine: bool = True) -> NetworkImageNet:
     """The fast inference path, in place: every BatchNorm folded into the conv before it, one
     ReLU per cell state shared by the ops that read it, equal max pools computed once, and
     channels_last weights (feed channels_last inputs). Logits stay within 1e-4 of the plain
-    model; the result is for inference only (its state dict has no BatchNorm entries)."""
+    model; the result is for inference only (its state dict has no BatchNorm entries).
+
+    ``engine`` (default) runs eval forwards through ``Cell.forward_fused``: on the CPU in float32,
+    oneDNN convolutions with packed weights and the ReLU and the combination's add as post-ops,
+    writing straight into each cell's concat buffer. Cells then hand over ReLU(output), which is
+    all any reader uses, so forward hooks on a cell see rectified outputs. torch.compile, autocast
+    and CUDA take the same plan with plain PyTorch ops (compile traces the unfused forward).
+    """
     net.eval()
     fold_bn(net, 'conv0', 'conv0_bn')
     for cell in net.cells:
@@ -281,6 +441,13 @@ def optimize_for_inference(net: NetworkImageNet, channels_last: bool = True) -> 
             if op is not None:
                 fuse_op(op)
         cell.share_pools = True
+    cells = list(net.cells)
+    for k, cell in enumerate(cells):
+        # readers of cell k: cell k+1's preprocess1 and the final ReLU always rectify; cell
+        # k+2's preprocess0 does unless it passes its input through untouched
+        raw_reader = k + 2 < len(cells) and isinstance(cells[k + 2].preprocess0, nn.Identity)
+        cell.plan_engine(rectify_output=not raw_reader)
+    net.engine = engine
     if net.auxiliary_head is not None:
         fold_bn(net.auxiliary_head, 'proj', 'bn0')
         fold_bn(net.auxiliary_head, 'conv', 'bn1')

@@ -10,7 +10,7 @@ meets an even size, which is why an earlier port was exact only at 323 px. ``pad
 (the default) reproduces TensorFlow at every size; ``padding='symmetric'`` keeps the earlier port's
 behaviour for comparison.
 """
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -96,6 +96,65 @@ class AvgPool2dSame(nn.Module):
         return F.avg_pool2d(padded, k, s, divisor_override=1) / F.avg_pool2d(ones, k, s, divisor_override=1)
 
 
+def _format_of(x: torch.Tensor) -> torch.memory_format:
+    return (torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
+            and not x.is_contiguous() else torch.contiguous_format)
+
+
+def _taps(n: int, m: int, k: int, s: int, before: int):
+    """For each tap t of a k-wide window with stride s and ``before`` padding over n inputs: the
+    first output index it reaches, how many outputs, and the first input index it reads."""
+    out = []
+    for t in range(k):
+        lo = max(0, -(-(before - t) // s))
+        hi = min(m - 1, (n - 1 - t + before) // s)
+        if hi >= lo:
+            out.append((lo, hi - lo + 1, s * lo - before + t))
+    return out
+
+
+def _max_along(src: torch.Tensor, dst: torch.Tensor, dim: int, k: int, s: int, before: int) -> None:
+    n, m = src.shape[dim], dst.shape[dim]
+    taps = _taps(n, m, k, s, before)
+    full = [tap for tap in taps if tap[1] == m]
+    if full:  # start from a tap that reaches every output
+        taps.remove(full[0])
+        lo, count, start = full[0]
+        dst.copy_(src.narrow(dim, start, s * (count - 1) + 1)[_step(dim, s)])
+    else:
+        dst.fill_(float('-inf'))
+    for lo, count, start in taps:
+        view = dst.narrow(dim, lo, count)
+        torch.maximum(view, src.narrow(dim, start, s * (count - 1) + 1)[_step(dim, s)], out=view)
+
+
+def _step(dim: int, s: int):
+    return (slice(None),) * dim + (slice(None, None, s),)
+
+
+def max_pool_same(x: torch.Tensor, kernel_size: int, stride: int, padding: str = 'tf',
+                  out: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """MaxPool2dSame's function as two passes of elementwise maxima over shifted views (rows,
+    then columns), optionally into ``out`` (a channel slice of a concat buffer, say). Exact, as
+    any max is; padded cells are simply never read. On the CPU this is several times faster
+    than max_pool2d, which also writes an index for every output."""
+    k, s = kernel_size, stride
+    n, c, h, w = x.shape
+    if padding == 'tf':
+        (top, _), (left, _) = same_padding(h, k, s), same_padding(w, k, s)
+        ho, wo = -(-h // s), -(-w // s)
+    else:
+        top = left = (k - 1) // 2
+        ho, wo = (h + 2 * top - k) // s + 1, (w + 2 * left - k) // s + 1
+    fmt = _format_of(x)
+    rows = torch.empty(n, c, h, wo, dtype=x.dtype, device=x.device, memory_format=fmt)
+    _max_along(x, rows, 3, k, s, left)
+    if out is None:
+        out = torch.empty(n, c, ho, wo, dtype=x.dtype, device=x.device, memory_format=fmt)
+    _max_along(rows, out, 2, k, s, top)
+    return out
+
+
 def batch_norm(channels: int) -> nn.BatchNorm2d:
     return nn.BatchNorm2d(channels, eps=BN_EPS)
 
@@ -112,6 +171,10 @@ class ReLUConvBN(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(self.relu(x)))
+
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference engine (after ``fuse_op``): ``x`` is already rectified."""
+        return conv_forward(self.conv, x)
 
 
 class FactorizedReduce(nn.Module):
@@ -140,6 +203,27 @@ class FactorizedReduce(nn.Module):
             shifted = F.pad(shifted, (0, w % 2, 0, h % 2))
         return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
 
+    def fused(self, x: torch.Tensor) -> torch.Tensor:
+        """Inference engine (after ``fuse_op``): ``x`` is already rectified. Without padding the
+        input: on an odd size, the second path's last row and column read only TF's zero
+        padding, so they are its folded bias."""
+        h, w = x.shape[-2:]
+        first = conv_forward(self.conv_1, x)
+        second = conv_forward(self.conv_2, x[:, :, 1:, 1:])
+        if not (h % 2 or w % 2):
+            return torch.cat([first, second], dim=1)
+        n, half, ho, wo = first.shape
+        out = torch.empty(n, 2 * half, ho, wo, dtype=first.dtype, device=first.device,
+                          memory_format=_format_of(first))
+        out[:, :half].copy_(first)
+        rest = out[:, half:]
+        rest[:, :, :second.shape[2], :second.shape[3]].copy_(second)
+        edge = (self.conv_2.bias if self.conv_2.bias is not None else first.new_zeros(half))
+        edge = edge.to(out.dtype).view(1, half, 1, 1)
+        rest[:, :, second.shape[2]:, :].copy_(edge.expand_as(rest[:, :, second.shape[2]:, :]))
+        rest[:, :, :, second.shape[3]:].copy_(edge.expand_as(rest[:, :, :, second.shape[3]:]))
+        return out
+
 
 class SepConv(nn.Module):
     """PNAS/NASNet `separable_KxK_2`: twice [ReLU, depthwise KxK, pointwise 1x1, BN].
@@ -164,6 +248,15 @@ class SepConv(nn.Module):
         x = self.bn1(self.pointwise1(self.depthwise1(self.relu1(x))))
         return self.bn2(self.pointwise2(self.depthwise2(self.relu2(x))))
 
+    ends_in_conv = True
+
+    def fused(self, x: torch.Tensor, add_to: Optional[torch.Tensor] = None,
+              relu: bool = False) -> torch.Tensor:
+        """Inference engine (after ``fuse_op``): ``x`` is already rectified; the inner ReLU is a
+        post-op of the first pointwise conv, ``add_to``/``relu`` ride on the last one."""
+        x = conv_forward(self.pointwise1, conv_forward(self.depthwise1, x), relu=True)
+        return conv_forward(self.pointwise2, conv_forward(self.depthwise2, x), relu=relu, add_to=add_to)
+
 
 class DilConv(nn.Module):
     """DARTS `dil_conv_KxK`: ReLU, dilated depthwise KxK (dilation 2), pointwise 1x1, BN."""
@@ -181,6 +274,13 @@ class DilConv(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.pointwise(self.depthwise(self.relu(x))))
 
+    ends_in_conv = True
+
+    def fused(self, x: torch.Tensor, add_to: Optional[torch.Tensor] = None,
+              relu: bool = False) -> torch.Tensor:
+        """Inference engine (after ``fuse_op``): ``x`` is already rectified."""
+        return conv_forward(self.pointwise, conv_forward(self.depthwise, x), relu=relu, add_to=add_to)
+
 
 class Conv7x1x1x7(nn.Module):
     """DARTS `conv_7x1_1x7`: ReLU, 1x7 conv, 7x1 conv, BN (the stride split over the two)."""
@@ -194,6 +294,13 @@ class Conv7x1x1x7(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv_7x1(self.conv_1x7(self.relu(x))))
+
+    ends_in_conv = True
+
+    def fused(self, x: torch.Tensor, add_to: Optional[torch.Tensor] = None,
+              relu: bool = False) -> torch.Tensor:
+        """Inference engine (after ``fuse_op``): ``x`` is already rectified."""
+        return conv_forward(self.conv_7x1, conv_forward(self.conv_1x7, x), relu=relu, add_to=add_to)
 
 
 class Pool(nn.Module):
@@ -216,6 +323,17 @@ class Pool(nn.Module):
         """The part after the pool, so that a cell can share one pool between two ops."""
         return self.bn(self.conv(pooled)) if self.project else pooled
 
+    @property
+    def ends_in_conv(self) -> bool:
+        return self.project
+
+    def fused(self, pooled: torch.Tensor, add_to: Optional[torch.Tensor] = None,
+              relu: bool = False) -> torch.Tensor:
+        """Inference engine (after ``fuse_op``): takes the pool's output, which the cell shares."""
+        if self.project:
+            return conv_forward(self.conv, pooled, relu=relu, add_to=add_to)
+        return finish(pooled, add_to, relu)
+
 
 class Identity(nn.Module):
     """`skip_connect` (TF-Slim's 'none'): identity, or ReLU, strided 1x1 conv, BN when the
@@ -232,6 +350,17 @@ class Identity(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(self.relu(x))) if self.project else x
 
+    @property
+    def ends_in_conv(self) -> bool:
+        return self.project
+
+    def fused(self, x: torch.Tensor, add_to: Optional[torch.Tensor] = None,
+              relu: bool = False) -> torch.Tensor:
+        """Inference engine (after ``fuse_op``): ``x`` is rectified when projecting (``takes_relu``)."""
+        if self.project:
+            return conv_forward(self.conv, x, relu=relu, add_to=add_to)
+        return finish(x, add_to, relu)
+
 
 class Zero(nn.Module):
     """DARTS `none`: the zero op (no connection)."""
@@ -244,6 +373,12 @@ class Zero(nn.Module):
         n, _, h, w = x.shape
         s = self.stride
         return x.new_zeros(n, self.C_out, -(-h // s), -(-w // s))
+
+    ends_in_conv = False
+
+    def fused(self, x: torch.Tensor, add_to: Optional[torch.Tensor] = None,
+              relu: bool = False) -> torch.Tensor:
+        return finish(self(x), add_to, relu, owned=True)
 
 
 OPS: Dict[str, Callable[[int, int, int, str], nn.Module]] = {
@@ -299,6 +434,86 @@ def fuse_op(op: nn.Module) -> None:
     if name and isinstance(getattr(op, name, None), nn.ReLU):
         setattr(op, name, nn.Identity())
         op.takes_relu = True
+
+
+class _PackCache(dict):
+    """oneDNN-packed copies of one conv's weight, by input shape. Derived data: never copied,
+    pickled or saved (an opaque oneDNN tensor cannot be), rebuilt on first use."""
+
+    def __deepcopy__(self, memo):
+        return _PackCache()
+
+    def __reduce__(self):
+        return (_PackCache, ())
+
+
+_ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
+
+
+def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    """The oneDNN fused-conv path: float32 CPU inference outside autocast and torch.compile
+    (which fuses on its own); everything else takes F.conv2d, which gives the same numbers."""
+    return (_ONEDNN and torch.backends.mkldnn.enabled and x.device.type == 'cpu'
+            and x.dtype == torch.float32 and weight.dtype == torch.float32
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
+            and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling())
+
+
+def _packed_weight(conv: nn.Conv2d, x: torch.Tensor, pad) -> torch.Tensor:
+    cache = conv.__dict__.get('_packed')
+    if cache is None:
+        cache = conv._packed = _PackCache()
+    w = conv.weight
+    try:
+        version = w._version
+    except RuntimeError:  # an inference tensor has no version counter
+        version = 0
+    key = (tuple(x.shape[1:]), tuple(pad), w.data_ptr(), version)
+    packed = cache.get(key)
+    if packed is None:
+        if len(cache) >= 4:  # a few input sizes at a time; stale weights drop out here too
+            cache.clear()
+        packed = cache[key] = torch._C._nn.mkldnn_reorder_conv2d_weight(
+            w.detach().to_mkldnn(), list(pad), list(conv.stride), list(conv.dilation), conv.groups,
+            list(x.shape))
+    return packed
+
+
+def conv_forward(conv: nn.Conv2d, x: torch.Tensor, relu: bool = False,
+                 add_to: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """``conv(x)``, then ``add_to += that`` in place if given, then ReLU if ``relu``.
+
+    The inference engine's convolution. On the CPU in float32 it runs one oneDNN primitive with
+    the add and the ReLU as post-ops and the weight packed once per input shape; ``add_to`` may be
+    a channel slice of a larger buffer (a cell's concat), which is then written in place.
+    Elsewhere (CUDA, autocast, torch.compile, autograd) it is F.conv2d and the same ops unfused.
+    """
+    if isinstance(conv, Conv2dSame):
+        x, pad = _pad_plan(x, conv.kernel_size, conv.stride, conv.dilation, conv.pad_mode)
+    else:
+        pad = conv.padding
+    if _use_onednn(x, conv.weight):
+        w = _packed_weight(conv, x, pad)
+        stride, dilation = list(conv.stride), list(conv.dilation)
+        if add_to is None:
+            return torch.ops.mkldnn._convolution_pointwise(
+                x, w, conv.bias, list(pad), stride, dilation, conv.groups, 'relu' if relu else 'none', [], '')
+        return torch.ops.mkldnn._convolution_pointwise_.binary(
+            add_to, x, w, conv.bias, list(pad), stride, dilation, conv.groups, 'add', 1.0,
+            'relu' if relu else None, [], None)
+    y = F.conv2d(x, conv.weight, conv.bias, conv.stride, pad, conv.dilation, conv.groups)
+    return finish(y, add_to, relu, owned=True)
+
+
+def finish(h: torch.Tensor, add_to: Optional[torch.Tensor], relu: bool, owned: bool = False) -> torch.Tensor:
+    """The tail of a fused op that did not end in a conv: ``add_to += h``, then ReLU. ``owned``
+    says ``h`` is a fresh tensor that may be rectified in place."""
+    if add_to is not None:
+        h = add_to.add_(h)
+        owned = True
+    if relu:
+        h = h.relu_() if owned else F.relu(h)
+    return h
 
 
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
