@@ -239,14 +239,10 @@ class Cell(nn.Module):
         ref = st1.raw
         n, _, h, w = ref.shape
         stride = 2 if self.reduction else 1
-        widths = [st0.width() if i == 0 else st1.width() if i == 1 else self.C for i in self._concat]
         fmt = _format_of(ref)
-        buf = torch.empty(n, sum(widths), -(-h // stride), -(-w // stride), dtype=ref.dtype,
-                          device=ref.device, memory_format=fmt)
-        slices, offset = {}, 0
-        for i, width in zip(self._concat, widths):
-            slices[i] = buf[:, offset:offset + width]
-            offset += width
+        buf = torch.empty(n, self.C * len(self._concat), -(-h // stride), -(-w // stride),
+                          dtype=ref.dtype, device=ref.device, memory_format=fmt)
+        slices = {i: buf[:, k * self.C:(k + 1) * self.C] for k, i in enumerate(self._concat)}
         pools = {}
         for i in range(self._steps):
             s, ja, jb = 2 + i, 2 * i, 2 * i + 1
@@ -266,16 +262,11 @@ class Cell(nn.Module):
                 if rect:
                     out.relu_()
             states.append(_State(rect=out) if rect else _State(raw=out))
-        if plan['rectify_output']:
+        if plan['rectify_output']:  # combinations that were read raw are rectified last
             for i in self._concat:
-                if i < 2:
-                    slices[i].copy_(states[i].relu())
-                elif not plan['rect'][i]:
+                if not plan['rect'][i]:
                     slices[i].relu_()
             return _State(rect=buf)
-        for i in self._concat:
-            if i < 2:
-                slices[i].copy_(states[i].get_raw())
         return _State(raw=buf)
 
 
@@ -295,9 +286,6 @@ class _State:
         if self.raw is None:  # plan_engine keeps raw every state that an op reads raw
             raise RuntimeError('inference engine: a state was kept rectified but is read raw')
         return self.raw
-
-    def width(self) -> int:
-        return (self.raw if self.raw is not None else self.rect).shape[1]
 
 
 class AuxiliaryHead(nn.Module):

@@ -209,10 +209,12 @@ class FactorizedReduce(nn.Module):
         padding, so they are its folded bias."""
         h, w = x.shape[-2:]
         first = conv_forward(self.conv_1, x)
-        second = conv_forward(self.conv_2, x[:, :, 1:, 1:])
         if not (h % 2 or w % 2):
-            return torch.cat([first, second], dim=1)
+            return torch.cat([first, conv_forward(self.conv_2, x[:, :, 1:, 1:])], dim=1)
         n, half, ho, wo = first.shape
+        # a 1-pixel side leaves the second path nothing but padding
+        second = (conv_forward(self.conv_2, x[:, :, 1:, 1:]) if h > 1 and w > 1
+                  else first.new_empty(n, half, 0, 0))
         out = torch.empty(n, 2 * half, ho, wo, dtype=first.dtype, device=first.device,
                           memory_format=_format_of(first))
         out[:, :half].copy_(first)

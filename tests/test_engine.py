@@ -1,0 +1,187 @@
+"""The inference engine (optimize_for_inference): each fused piece equals the plain op it replaces,
+and whole networks of every genotype give the plain model's logits."""
+import copy
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import model
+import operations
+from genotypes import Genotype
+from operations import (Conv2dSame, FactorizedReduce, MaxPool2dSame, conv_forward, fuse_op,
+                        max_pool_same)
+
+torch.manual_seed(0)
+
+
+def channels_last(x):
+    return x.contiguous(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize('mode', ['tf', 'symmetric'])
+def test_max_pool_same_equals_max_pool2d_bit_for_bit(mode):
+    for h in (1, 2, 3, 4, 11, 12, 41, 42):
+        for w in (h, h + 1):
+            for s in (1, 2):
+                x = torch.randn(2, 5, h, w)
+                ref = MaxPool2dSame(3, s, mode)(x)
+                for inp in (x, channels_last(x)):
+                    got = max_pool_same(inp, 3, s, mode)
+                    assert got.shape == ref.shape and torch.equal(got, ref), (h, w, s, mode)
+    # into a channel slice of a larger buffer, leaving the rest alone
+    x = channels_last(torch.randn(2, 5, 12, 12))
+    buf = channels_last(torch.full((2, 15, 6, 6), 7.0))
+    max_pool_same(x, 3, 2, 'tf', out=buf[:, 5:10])
+    assert torch.equal(buf[:, 5:10], MaxPool2dSame(3, 2)(x))
+    assert (buf[:, :5] == 7).all() and (buf[:, 10:] == 7).all()
+
+
+def _conv(C_in, C_out, k, stride, groups, cls=Conv2dSame):
+    conv = cls(C_in, C_out, k, stride, groups=groups, bias=True) if cls is Conv2dSame else \
+        torch.nn.Conv2d(C_in, C_out, k, stride, groups=groups, bias=True)
+    conv.requires_grad_(False)
+    return conv.to(memory_format=torch.channels_last)
+
+
+@pytest.mark.parametrize('k, groups, stride', [(1, 1, 1), (1, 1, 2), (3, 8, 2), (5, 8, 1), (7, 8, 2)])
+def test_conv_forward_with_relu_and_in_place_add_into_a_slice(k, groups, stride):
+    conv = _conv(8, 8, k, stride, groups, Conv2dSame if k > 1 else torch.nn.Conv2d)
+    for size in (12, 13):
+        x = channels_last(torch.randn(2, 8, size, size))
+        with torch.inference_mode():
+            ref = conv(x)
+            out = conv_forward(conv, x)
+            assert (out - ref).abs().max() < 1e-5
+            assert (conv_forward(conv, x, relu=True) - F.relu(ref)).abs().max() < 1e-5
+            buf = channels_last(torch.randn(2, 24, *ref.shape[2:]))
+            before = buf.clone()
+            res = conv_forward(conv, x, relu=True, add_to=buf[:, 8:16])
+            assert res.data_ptr() == buf[:, 8:16].data_ptr()
+            assert (buf[:, 8:16] - F.relu(before[:, 8:16] + ref)).abs().max() < 1e-5
+            assert torch.equal(buf[:, :8], before[:, :8]) and torch.equal(buf[:, 16:], before[:, 16:])
+            # the unfused fallback (autocast takes it) computes the same
+            with torch.autocast('cpu', dtype=torch.bfloat16):
+                low = conv_forward(conv, x, relu=True)
+            assert low.dtype == torch.bfloat16
+            assert (low.float() - F.relu(ref)).abs().max() < 0.05 * max(1.0, ref.abs().max().item())
+
+
+def test_packed_weights_follow_weight_changes_and_do_not_break_copies():
+    conv = _conv(8, 16, 1, 1, 1, torch.nn.Conv2d)
+    x = channels_last(torch.randn(2, 8, 9, 9))
+    with torch.inference_mode():
+        first = conv_forward(conv, x)
+    assert (first - conv(x)).abs().max() < 1e-5
+    conv.weight.mul_(2)  # in place, as load_state_dict does
+    with torch.inference_mode():
+        again = conv_forward(conv, x)
+        assert (again - conv(x)).abs().max() < 1e-5 and (again - first).abs().max() > 0.1
+        twin = copy.deepcopy(conv)  # a oneDNN tensor cannot be deep-copied; its cache is not copied
+        assert (conv_forward(twin, x) - again).abs().max() == 0
+    conv.load_state_dict({'weight': torch.zeros_like(conv.weight), 'bias': torch.ones(16)})
+    with torch.inference_mode():
+        assert (conv_forward(conv, x) - 1).abs().max() == 0
+
+
+@pytest.mark.parametrize('h, w', [(12, 12), (13, 13), (12, 13), (13, 12), (1, 1)])
+def test_factorized_reduce_fused_equals_its_forward(h, w):
+    fr = FactorizedReduce(6, 9).eval()  # odd width: 2 x 4 channels, as TF's int(9 / 2)
+    for m in fr.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_mean.normal_()
+            m.running_var.uniform_(0.5, 2)
+            m.bias.data.normal_()
+    x = torch.randn(2, 6, h, w)
+    with torch.inference_mode():
+        ref = fr(x)
+        fuse_op(fr)
+        fr.to(memory_format=torch.channels_last)
+        got = fr.fused(F.relu(channels_last(x)))
+    assert got.shape == ref.shape and (got - ref).abs().max() < 1e-5
+
+
+def randomize_bn(net):
+    for m in net.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2)
+            m.running_mean.normal_(0, 0.1)
+            m.weight.data.uniform_(0.5, 1.5)
+            m.bias.data.normal_(0, 0.2)
+    return net
+
+
+# a cell that reads concatenated combinations raw (pool, skip) and uses 'none', dilated and
+# 7x1/1x7 convs; with one concatenated state its width equals C, so the cell two ahead passes its
+# input through untouched and the engine must keep some cell outputs raw
+ODD = Genotype(
+    normal=[('max_pool_3x3', 0), ('sep_conv_3x3', 1), ('skip_connect', 2), ('avg_pool_3x3', 2),
+            ('dil_conv_3x3', 3), ('none', 1), ('conv_7x1_1x7', 1), ('max_pool_3x3', 4)],
+    normal_concat=[2, 3, 5], reduce=[('max_pool_3x3', 0), ('dil_conv_5x5', 1), ('avg_pool_3x3', 1),
+                                     ('skip_connect', 2), ('sep_conv_7x7', 0), ('max_pool_3x3', 3),
+                                     ('skip_connect', 0), ('max_pool_3x3', 1)],
+    reduce_concat=[4, 5])
+NARROW = Genotype(normal=ODD.normal, normal_concat=[5], reduce=ODD.reduce, reduce_concat=[5])
+
+
+@pytest.mark.parametrize('genotype', ['PNASNet', 'NASNet', 'AmoebaNet', 'DARTS_V1', 'DARTS_V2',
+                                      ODD, NARROW])
+def test_engine_gives_the_plain_models_logits_for_every_genotype(genotype):
+    # 9 cells: three normal cells in a row, so that NARROW's third one passes its input through
+    config = model.PNASNetConfig.mobile(genotype=genotype, num_conv_filters=10, num_cells=9)
+    net = randomize_bn(model.NetworkImageNet(config).eval())
+    fast = model.optimize_for_inference(copy.deepcopy(net))
+    assert fast.engine and all(cell.engine for cell in fast.cells)
+    if genotype is NARROW:  # some cell feeds an untouched input: its output stays raw
+        assert any(isinstance(cell.preprocess0, torch.nn.Identity) for cell in fast.cells)
+        assert not all(cell.engine['rectify_output'] for cell in fast.cells)
+    for size, n, fmt in ((64, 2, torch.channels_last), (67, 1, torch.channels_last),
+                         (70, 3, torch.contiguous_format)):
+        x = torch.randn(n, 3, size, size + 3)
+        with torch.inference_mode():
+            ref, feats = net(x)[0], net.extract_features(x)
+            got = fast(x.contiguous(memory_format=fmt))[0]
+            got_feats = fast.extract_features(x.contiguous(memory_format=fmt))
+        assert (got - ref).abs().max() < 1e-5, (genotype, size)
+        assert (got_feats - feats).abs().max() < 1e-5
+    unfused = model.optimize_for_inference(copy.deepcopy(net), engine=False)
+    with torch.inference_mode():
+        assert (unfused(x)[0] - ref).abs().max() < 1e-5
+
+
+def test_engine_under_bf16_autocast_stays_close_and_is_not_used_in_training():
+    net = randomize_bn(model.NetworkImageNet(model.PNASNetConfig.mobile(num_conv_filters=10)).eval())
+    fast = model.optimize_for_inference(copy.deepcopy(net))
+    x = channels_last(torch.randn(2, 3, 96, 96))
+    with torch.inference_mode():
+        ref = net(x)[0]
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            low = fast(x)[0].float()
+    assert 0 < (low - ref).abs().max() < 0.05 * max(1.0, ref.abs().max().item())
+    assert low.argmax(1).tolist() == ref.argmax(1).tolist()
+    calls = []
+    original = model.Cell.forward_fused
+    model.Cell.forward_fused = lambda self, *a: calls.append(1) or original(self, *a)
+    try:
+        fast.train()
+        with torch.no_grad():
+            fast(x)
+        assert not calls
+        fast.eval()
+        with torch.no_grad():
+            fast(x)
+        assert calls
+    finally:
+        model.Cell.forward_fused = original
+
+
+def test_onednn_path_is_the_one_taken_for_float32_cpu_inference():
+    conv = _conv(8, 8, 1, 1, 1, torch.nn.Conv2d)
+    x = channels_last(torch.randn(1, 8, 5, 5))
+    with torch.inference_mode():
+        assert operations._use_onednn(x, conv.weight) == operations._ONEDNN
+        with torch.autocast('cpu', dtype=torch.bfloat16):
+            assert not operations._use_onednn(x, conv.weight)
+    assert not operations._use_onednn(x.double(), conv.weight)
+    x.requires_grad_(True)
+    assert not operations._use_onednn(x, conv.weight)
