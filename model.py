@@ -19,7 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import genotypes as genotypes_mod
-from operations import (OPS, PADDING_MODES, FactorizedReduce, Identity, Pool, ReLUConvBN,
+from operations import (OPS, PADDING_MODES, FactorizedReduce, Identity, Pool, ReLUConvBN, Zero,
                         batch_norm, conv_forward, drop_path, finish, fold_bn, fuse_op,
                         _format_of, max_pool_same)
 
@@ -180,46 +180,35 @@ class Cell(nn.Module):
         op = self._ops[j]
         return (self._indices[j], op.kind, op.pool.stride)
 
-    def _pool(self, j: int, states: list, pools: dict, out=None) -> torch.Tensor:
-        """The pool of op ``j``, computed once per cell; with ``out``, the result is written
-        there (directly, unless another op shares the pool: ``out`` is added onto later)."""
+    def _pool(self, j: int, states: list, pools: dict) -> torch.Tensor:
+        """The pool of op ``j``, computed once per cell."""
         key = self._pool_key(j)
         if key not in pools:
             op, x = self._ops[j], states[key[0]].get_raw()
-            target = None if key in self.engine['shared_pools'] else out
             if op.kind == 'max':
-                pools[key] = max_pool_same(x, op.pool.kernel_size, op.pool.stride, op.pool.pad_mode,
-                                           out=target)
+                pools[key] = max_pool_same(x, op.pool.kernel_size, op.pool.stride, op.pool.pad_mode)
             else:
                 pools[key] = op.pool(x)
-        pooled = pools[key]
-        if out is None or pooled is out:
-            return pooled
-        return out.copy_(pooled)
+        return pools[key]
 
-    def _run_fused(self, j: int, states: list, pools: dict, add_to=None, relu: bool = False,
-                   out=None) -> torch.Tensor:
-        """Op ``j`` of the cell on its state; ``add_to``/``relu`` as in operations.conv_forward,
-        or the plain result written into ``out``."""
+    def _owns_result(self, j: int) -> bool:
+        """Whether op ``j`` returns a fresh tensor that nothing else holds (may be added onto)."""
+        op = self._ops[j]
+        if isinstance(op, Pool) and not op.project:
+            return self._pool_key(j) not in self.engine['shared_pools']
+        return getattr(op, 'ends_in_conv', False) or isinstance(op, Zero)
+
+    def _run_fused(self, j: int, states: list, pools: dict, add_to=None, relu: bool = False):
+        """Op ``j`` of the cell on its state; ``add_to``/``relu`` as in operations.conv_forward."""
         op, index = self._ops[j], self._indices[j]
         state = states[index]
-        if isinstance(op, Pool) and not op.project:
-            if out is not None:
-                return self._pool(j, states, pools, out=out)
-            h = self._pool(j, states, pools)
-        elif isinstance(op, Pool):
-            h = op.fused(self._pool(j, states, pools), add_to, relu)
-        elif getattr(op, 'takes_relu', False):
-            h = op.fused(state.relu(), add_to, relu)
-        elif hasattr(op, 'fused'):
-            h = op.fused(state.get_raw(), add_to, relu)
-        else:
-            h = op(state.get_raw())
-        if out is not None:
-            return out.copy_(h)
-        if isinstance(op, Pool) and not op.project:
-            return finish(h, add_to, relu)
-        return h if hasattr(op, 'fused') else finish(h, add_to, relu)
+        if isinstance(op, Pool):
+            return op.fused(self._pool(j, states, pools), add_to, relu)
+        if getattr(op, 'takes_relu', False):
+            return op.fused(state.relu(), add_to, relu)
+        if hasattr(op, 'fused'):
+            return op.fused(state.get_raw(), add_to, relu)
+        return finish(op(state.get_raw()), add_to, relu)
 
     def forward_fused(self, s0: Optional['_State'], s1: '_State') -> '_State':
         """The inference engine's cell (after ``optimize_for_inference``): the same function as
@@ -251,11 +240,16 @@ class Cell(nn.Module):
             acc = jb if getattr(self._ops[jb], 'ends_in_conv', False) else (
                 ja if getattr(self._ops[ja], 'ends_in_conv', False) else None)
             if acc is not None:
-                if dst is None:
-                    dst = torch.empty(n, self.C, buf.shape[2], buf.shape[3], dtype=buf.dtype,
-                                      device=buf.device, memory_format=fmt)
-                self._run_fused(ja if acc == jb else jb, states, pools, out=dst)
-                out = self._run_fused(acc, states, pools, add_to=dst, relu=rect)
+                # oneDNN adds onto a dense tensor only (a slice would fall back to conv, then add):
+                # the first op's result, own or copied, takes the second op's conv, then the
+                # concat gets a copy
+                first = ja if acc == jb else jb
+                h = self._run_fused(first, states, pools)
+                if not self._owns_result(first):
+                    h = h.clone(memory_format=fmt)
+                out = self._run_fused(acc, states, pools, add_to=h, relu=rect)
+                if dst is not None:
+                    dst.copy_(out)
             else:
                 ha, hb = self._run_fused(ja, states, pools), self._run_fused(jb, states, pools)
                 out = torch.add(ha, hb) if dst is None else torch.add(ha, hb, out=dst)

@@ -210,10 +210,11 @@ class FactorizedReduce(nn.Module):
         h, w = x.shape[-2:]
         first = conv_forward(self.conv_1, x)
         if not (h % 2 or w % 2):
-            return torch.cat([first, conv_forward(self.conv_2, x[:, :, 1:, 1:])], dim=1)
+            return torch.cat([first, conv_forward(self.conv_2, x[:, :, 1::2, 1::2], stride=1)], dim=1)
         n, half, ho, wo = first.shape
-        # a 1-pixel side leaves the second path nothing but padding
-        second = (conv_forward(self.conv_2, x[:, :, 1:, 1:]) if h > 1 and w > 1
+        # a 1-pixel side leaves the second path nothing but padding; otherwise it reads the odd
+        # rows and columns, gathered first (a quarter of x) for a stride-1 conv
+        second = (conv_forward(self.conv_2, x[:, :, 1::2, 1::2], stride=1) if h > 1 and w > 1
                   else first.new_empty(n, half, 0, 0))
         out = torch.empty(n, 2 * half, ho, wo, dtype=first.dtype, device=first.device,
                           memory_format=_format_of(first))
@@ -461,7 +462,7 @@ def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
             and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling())
 
 
-def _packed_weight(conv: nn.Conv2d, x: torch.Tensor, pad) -> torch.Tensor:
+def _packed_weight(conv: nn.Conv2d, x: torch.Tensor, pad, strides) -> torch.Tensor:
     cache = conv.__dict__.get('_packed')
     if cache is None:
         cache = conv._packed = _PackCache()
@@ -470,40 +471,44 @@ def _packed_weight(conv: nn.Conv2d, x: torch.Tensor, pad) -> torch.Tensor:
         version = w._version
     except RuntimeError:  # an inference tensor has no version counter
         version = 0
-    key = (tuple(x.shape[1:]), tuple(pad), w.data_ptr(), version)
+    key = (tuple(x.shape[1:]), tuple(pad), strides, w.data_ptr(), version)
     packed = cache.get(key)
     if packed is None:
         if len(cache) >= 4:  # a few input sizes at a time; stale weights drop out here too
             cache.clear()
         packed = cache[key] = torch._C._nn.mkldnn_reorder_conv2d_weight(
-            w.detach().to_mkldnn(), list(pad), list(conv.stride), list(conv.dilation), conv.groups,
+            w.detach().to_mkldnn(), list(pad), list(strides), list(conv.dilation), conv.groups,
             list(x.shape))
     return packed
 
 
 def conv_forward(conv: nn.Conv2d, x: torch.Tensor, relu: bool = False,
-                 add_to: Optional[torch.Tensor] = None) -> torch.Tensor:
-    """``conv(x)``, then ``add_to += that`` in place if given, then ReLU if ``relu``.
+                 add_to: Optional[torch.Tensor] = None, stride: Optional[int] = None) -> torch.Tensor:
+    """``conv(x)``, then ``add_to += that`` in place if given, then ReLU if ``relu``; ``stride``
+    overrides the conv's (for an input that was subsampled already).
 
     The inference engine's convolution. On the CPU in float32 it runs one oneDNN primitive with
     the add and the ReLU as post-ops and the weight packed once per input shape; ``add_to`` may be
     a channel slice of a larger buffer (a cell's concat), which is then written in place.
     Elsewhere (CUDA, autocast, torch.compile, autograd) it is F.conv2d and the same ops unfused.
     """
+    strides = tuple(conv.stride) if stride is None else (stride, stride)
     if isinstance(conv, Conv2dSame):
-        x, pad = _pad_plan(x, conv.kernel_size, conv.stride, conv.dilation, conv.pad_mode)
+        x, pad = _pad_plan(x, conv.kernel_size, strides, conv.dilation, conv.pad_mode)
     else:
         pad = conv.padding
     if _use_onednn(x, conv.weight):
-        w = _packed_weight(conv, x, pad)
-        stride, dilation = list(conv.stride), list(conv.dilation)
+        if not (x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()):
+            x = x.contiguous(memory_format=torch.channels_last)  # faster here than inside the op
+        w = _packed_weight(conv, x, pad, strides)
         if add_to is None:
             return torch.ops.mkldnn._convolution_pointwise(
-                x, w, conv.bias, list(pad), stride, dilation, conv.groups, 'relu' if relu else 'none', [], '')
+                x, w, conv.bias, list(pad), list(strides), list(conv.dilation), conv.groups,
+                'relu' if relu else 'none', [], '')
         return torch.ops.mkldnn._convolution_pointwise_.binary(
-            add_to, x, w, conv.bias, list(pad), stride, dilation, conv.groups, 'add', 1.0,
-            'relu' if relu else None, [], None)
-    y = F.conv2d(x, conv.weight, conv.bias, conv.stride, pad, conv.dilation, conv.groups)
+            add_to, x, w, conv.bias, list(pad), list(strides), list(conv.dilation), conv.groups,
+            'add', 1.0, 'relu' if relu else None, [], None)
+    y = F.conv2d(x, conv.weight, conv.bias, strides, pad, conv.dilation, conv.groups)
     return finish(y, add_to, relu, owned=True)
 
 
