@@ -115,17 +115,32 @@ def _taps(n: int, m: int, k: int, s: int, before: int):
 
 def _max_along(src: torch.Tensor, dst: torch.Tensor, dim: int, k: int, s: int, before: int) -> None:
     n, m = src.shape[dim], dst.shape[dim]
-    taps = _taps(n, m, k, s, before)
-    full = [tap for tap in taps if tap[1] == m]
-    if full:  # start from a tap that reaches every output
-        taps.remove(full[0])
-        lo, count, start = full[0]
-        dst.copy_(src.narrow(dim, start, s * (count - 1) + 1)[_step(dim, s)])
-    else:
+
+    def read(tap, lo=None, count=None):  # the inputs a tap reads for outputs lo .. lo+count-1
+        tap_lo, tap_count, start = tap
+        lo, count = (tap_lo, tap_count) if lo is None else (lo, count)
+        start += s * (lo - tap_lo)
+        return src.narrow(dim, start, s * (count - 1) + 1)[_step(dim, s)]
+
+    taps = sorted(_taps(n, m, k, s, before), key=lambda tap: -tap[1])
+    if not taps or taps[0][1] < m:  # no tap reaches every output (a window over padding only)
         dst.fill_(float('-inf'))
-    for lo, count, start in taps:
-        view = dst.narrow(dim, lo, count)
-        torch.maximum(view, src.narrow(dim, start, s * (count - 1) + 1)[_step(dim, s)], out=view)
+        rest = taps
+    elif len(taps) == 1:
+        dst.copy_(read(taps[0]))
+        rest = []
+    else:
+        # the widest two taps in one pass where they overlap, the first alone elsewhere
+        full, (lo, count, _) = taps[0], taps[1]
+        torch.maximum(read(full, lo, count), read(taps[1]), out=dst.narrow(dim, lo, count))
+        if lo > 0:
+            dst.narrow(dim, 0, lo).copy_(read(full, 0, lo))
+        if lo + count < m:
+            dst.narrow(dim, lo + count, m - lo - count).copy_(read(full, lo + count, m - lo - count))
+        rest = taps[2:]
+    for tap in rest:
+        view = dst.narrow(dim, tap[0], tap[1])
+        torch.maximum(view, read(tap), out=view)
 
 
 def _step(dim: int, s: int):
