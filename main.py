@@ -44,8 +44,8 @@ def parse_args(argv=None):
                     help='run the model as converted, without the fused fast path (BN folding, '
                          'channels_last); for comparison')
     ap.add_argument('--compile', action='store_true',
-                    help='torch.compile the fast path (about 1.15x on a 2-core CPU after a compile '
-                         'of a minute or more)')
+                    help='torch.compile the fast path, with inductor freezing on the CPU (faster '
+                         'after a compile of a minute or so; see README)')
     ap.add_argument('--no-progress', action='store_true', help='no progress bar')
     return ap.parse_args(argv)
 
@@ -218,7 +218,7 @@ def run(args) -> int:
         if args.image_size is None:
             args.image_size = net.config.image_size
         if args.compile:
-            net.extract_features = torch.compile(net.extract_features)
+            net.extract_features = model_mod.compile_for_inference(net.extract_features, device)
         if args.image:
             if rank == 0:
                 classify_images(net, args.image, args, device)

@@ -173,7 +173,7 @@ class Cell(nn.Module):
             rect[s] = s not in raw_readers and (rectify_output or s not in self._concat)
         shared = collections.Counter(self._pool_key(j) for j, op in enumerate(self._ops)
                                      if isinstance(op, Pool))
-        self.engine = {'rectify_output': rectify_output, 'rect': rect,
+        self.engine = {'rectify_output': rectify_output, 'rect': rect, 'read': set(self._indices),
                        'shared_pools': {key for key, uses in shared.items() if uses > 1}}
 
     def _pool_key(self, j: int):
@@ -212,10 +212,11 @@ class Cell(nn.Module):
 
     def forward_fused(self, s0: Optional['_State'], s1: '_State') -> '_State':
         """The inference engine's cell (after ``optimize_for_inference``): the same function as
-        ``forward`` in eval mode, computed with fewer passes over memory. The combinations are
-        written straight into the concat buffer: one op's result is copied into its slice and the
-        other op's last conv adds onto it in place (a oneDNN post-op on the CPU), with the ReLU
-        that every reader would apply fused in as well where the plan allows."""
+        ``forward`` in eval mode, computed with fewer passes over memory. A combination that only
+        the next cells read is added, and rectified where every reader would rectify it, in one
+        pass that writes its slice of the concat buffer. One that later ops of this cell read is
+        summed in a dense tensor of its own, the second op's last conv adding onto the first op's
+        result in place with the ReLU as oneDNN post-ops, then copied into its slice."""
         plan = self.engine
         if self.preprocess0 is None:
             st0 = s1
@@ -239,15 +240,25 @@ class Cell(nn.Module):
             dst = slices.get(s)
             acc = jb if getattr(self._ops[jb], 'ends_in_conv', False) else (
                 ja if getattr(self._ops[ja], 'ends_in_conv', False) else None)
-            if acc is not None:
-                # oneDNN adds onto a dense tensor only (a slice would fall back to conv, then add):
-                # the first op's result, own or copied, takes the second op's conv, then the
-                # concat gets a copy
+            if acc is not None and dst is not None and s not in plan['read']:
+                # the conv's result and the other op's are added (and rectified) in one pass
+                # that writes the concat slice; nothing reads this state but the next cells
+                other = self._run_fused(ja if acc == jb else jb, states, pools)
+                conv_out = self._run_fused(acc, states, pools)
+                if rect and dst.dtype == torch.float32:  # PyTorch's add_relu is float32 only
+                    out = torch.ops.aten._add_relu.out(conv_out, other, out=dst)
+                else:
+                    out = torch.add(conv_out, other, out=dst)
+                    if rect:
+                        out.relu_()
+            elif acc is not None:
+                # oneDNN adds onto a dense tensor only (onto a slice PyTorch falls back to conv,
+                # then add): the first op's result, own or copied, takes the second op's conv
                 first = ja if acc == jb else jb
-                h = self._run_fused(first, states, pools)
+                partial = self._run_fused(first, states, pools)
                 if not self._owns_result(first):
-                    h = h.clone(memory_format=fmt)
-                out = self._run_fused(acc, states, pools, add_to=h, relu=rect)
+                    partial = partial.clone(memory_format=fmt)
+                out = self._run_fused(acc, states, pools, add_to=partial, relu=rect)
                 if dst is not None:
                     dst.copy_(out)
             else:
@@ -439,6 +450,18 @@ def optimize_for_inference(net: NetworkImageNet, channels_last: bool = True,
         net.to(memory_format=torch.channels_last)
     net.channels_last = channels_last
     return net
+
+
+def compile_for_inference(fn, device: Union[str, torch.device] = 'cpu'):
+    """``torch.compile(fn)`` for inference. On the CPU it turns on inductor's freezing (a global
+    inductor setting): weights become constants, so the convolutions get prepacked oneDNN weights
+    and fused post-ops, as the eager engine does, plus generated kernels for the ReLU/pool/concat
+    work. Call the result under ``torch.inference_mode()`` or ``torch.no_grad()``; the first call
+    compiles (about a minute for PNASNet-5 Large on 2 cores), and each new input shape again."""
+    if torch.device(device).type == 'cpu':
+        import torch._inductor.config as inductor_config
+        inductor_config.freezing = True
+    return torch.compile(fn)
 
 
 def pnasnet5large(**overrides) -> NetworkImageNet:
