@@ -185,3 +185,18 @@ def test_onednn_path_is_the_one_taken_for_float32_cpu_inference():
     assert not operations._use_onednn(x.double(), conv.weight)
     x.requires_grad_(True)
     assert not operations._use_onednn(x, conv.weight)
+
+
+def test_compile_for_inference_gives_the_plain_models_features():
+    """A real inductor compile with freezing, of a one-cell network (a compile takes ~30 s here);
+    under torch.compile the engine steps aside and inductor fuses the folded model itself."""
+    net = randomize_bn(model.NetworkImageNet(
+        model.PNASNetConfig.mobile(num_conv_filters=8, num_cells=1)).eval())
+    fast = model.optimize_for_inference(copy.deepcopy(net))
+    compiled = model.compile_for_inference(fast.extract_features, 'cpu')
+    x = channels_last(torch.randn(2, 3, 40, 40))
+    with torch.inference_mode():
+        ref, got = net.extract_features(x), compiled(x)
+    assert got.shape == ref.shape and (got - ref).abs().max() < 1e-5
+    import torch._inductor.config as inductor_config
+    assert inductor_config.freezing

@@ -8,6 +8,7 @@ import sys
 
 import numpy as np
 import pytest
+import torch
 from PIL import Image
 
 import convert
@@ -159,3 +160,19 @@ def test_corrupt_image_stops_or_is_skipped(valdir, weights, tmp_path):
     lines = out.strip().splitlines()
     assert f'skipped (cannot decode): {bad}' in lines and lines[-1].startswith('Test: [13/13]')
     assert json.loads((tmp_path / 'r.json').read_text())['skipped_bad'] == [str(bad)]
+
+
+def test_compile_option_compiles_the_fast_path_for_the_device(valdir, weights, monkeypatch):
+    """main.py --compile goes through model.compile_for_inference (tested with a real compile in
+    test_engine.py); here a stand-in records the call and runs the function uncompiled."""
+    import model as model_mod
+    calls = []
+
+    def spy(fn, device):
+        calls.append((getattr(fn, '__name__', ''), torch.device(device).type))
+        return fn
+    monkeypatch.setattr(model_mod, 'compile_for_inference', spy)
+    status, out, _ = run_main('--valdir', valdir, '--weights', weights, '--workers', '0',
+                              '--limit', '4', '--compile', '--device', 'cpu')
+    assert status == 0 and calls == [('extract_features', 'cpu')]
+    assert out.strip().splitlines()[-1].startswith('Test: [4/4]\tPrec@1 ')
