@@ -457,7 +457,13 @@ def compile_for_inference(fn, device: Union[str, torch.device] = 'cpu'):
     inductor setting): weights become constants, so the convolutions get prepacked oneDNN weights
     and fused post-ops, as the eager engine does, plus generated kernels for the ReLU/pool/concat
     work. Call the result under ``torch.inference_mode()`` or ``torch.no_grad()``; the first call
-    compiles (about a minute for PNASNet-5 Large on 2 cores), and each new input shape again."""
+    compiles (about a minute for PNASNet-5 Large on 2 cores), and each new input shape again.
+    In a process that imported TensorFlow first, torch.compile crashes (triton's native library);
+    call this before importing TensorFlow."""
+    try:  # now, before anything imports TensorFlow: triton's library crashes when loaded after TF's
+        import triton  # noqa: F401
+    except ImportError:
+        pass
     if torch.device(device).type == 'cpu':
         import torch._inductor.config as inductor_config
         inductor_config.freezing = True

@@ -187,16 +187,35 @@ def test_onednn_path_is_the_one_taken_for_float32_cpu_inference():
     assert not operations._use_onednn(x, conv.weight)
 
 
+COMPILE_CHECK = """
+import copy, sys, torch
+sys.path.insert(0, {root!r})
+sys.path.insert(0, {tests!r})
+import model
+from test_engine import channels_last, randomize_bn
+torch.manual_seed(0)
+net = randomize_bn(model.NetworkImageNet(
+    model.PNASNetConfig.mobile(num_conv_filters=8, num_cells=1)).eval())
+fast = model.optimize_for_inference(copy.deepcopy(net))
+compiled = model.compile_for_inference(fast.extract_features, 'cpu')
+x = channels_last(torch.randn(2, 3, 40, 40))
+with torch.inference_mode():
+    ref, got = net.extract_features(x), compiled(x)
+import torch._inductor.config as inductor_config
+print(tuple(got.shape) == tuple(ref.shape), (got - ref).abs().max().item(), inductor_config.freezing)
+"""
+
+
 def test_compile_for_inference_gives_the_plain_models_features():
-    """A real inductor compile with freezing, of a one-cell network (a compile takes ~30 s here);
-    under torch.compile the engine steps aside and inductor fuses the folded model itself."""
-    net = randomize_bn(model.NetworkImageNet(
-        model.PNASNetConfig.mobile(num_conv_filters=8, num_cells=1)).eval())
-    fast = model.optimize_for_inference(copy.deepcopy(net))
-    compiled = model.compile_for_inference(fast.extract_features, 'cpu')
-    x = channels_last(torch.randn(2, 3, 40, 40))
-    with torch.inference_mode():
-        ref, got = net.extract_features(x), compiled(x)
-    assert got.shape == ref.shape and (got - ref).abs().max() < 1e-5
-    import torch._inductor.config as inductor_config
-    assert inductor_config.freezing
+    """A real inductor compile with freezing, of a one-cell network (about 30 s here); under
+    torch.compile the engine steps aside and inductor fuses the folded model itself. In a fresh
+    interpreter: inductor's triton import crashes a process that loaded TensorFlow first."""
+    import os
+    import subprocess
+    import sys
+    tests = os.path.dirname(os.path.abspath(__file__))
+    script = COMPILE_CHECK.format(root=os.path.dirname(tests), tests=tests)
+    run = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    same_shape, diff, freezing = run.stdout.split()[-3:]
+    assert same_shape == 'True' and freezing == 'True' and float(diff) < 1e-5
