@@ -10,6 +10,7 @@ The 1001 logits put the background class at index 0; ImageNet class k is logit k
 """
 import collections
 import dataclasses
+import importlib
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
@@ -461,7 +462,7 @@ def compile_for_inference(fn, device: Union[str, torch.device] = 'cpu'):
     In a process that imported TensorFlow first, torch.compile crashes (triton's native library);
     call this before importing TensorFlow."""
     try:  # now, before anything imports TensorFlow: triton's library crashes when loaded after TF's
-        import triton  # noqa: F401
+        importlib.import_module('triton')
     except ImportError:
         pass
     if torch.device(device).type == 'cpu':
