@@ -165,7 +165,7 @@ def main(argv=None) -> int:
     rates = {k: summary(v) for k, v in timed_rounds(runners, args.rounds, args.batch).items()}
     pre = preprocess_rates(n=16, rounds=max(3, args.rounds))
 
-    labels = {'fp32': 'this port, fp32 (BN folded, channels_last)',
+    labels = {'fp32': 'this port, fp32 (engine, channels_last)',
               'bf16': 'this port, bf16 autocast', 'fp16': 'this port, fp16 autocast',
               'compiled_fp32': 'this port, fp32, torch.compile (freezing)',
               'plain_fp32': 'this port, fp32, unfused NCHW',
