@@ -468,32 +468,57 @@ class _PackCache(dict):
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
 
 
+def _onednn_bf16() -> bool:
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+_ONEDNN_BF16 = _ONEDNN and _onednn_bf16()
+
+
+def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
+    """The dtype the oneDNN fused-conv path computes in, or None for F.conv2d: float32 for CPU
+    inference, bfloat16 under CPU bf16 autocast (where oneDNN has bf16); not under autograd or
+    torch.compile (which fuses on its own). F.conv2d gives the same numbers, unfused."""
+    if not (_ONEDNN and torch.backends.mkldnn.enabled and x.device.type == 'cpu'
+            and weight.dtype == torch.float32 and not torch.compiler.is_compiling()
+            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
+        return None
+    if torch.is_autocast_enabled('cpu'):
+        if (_ONEDNN_BF16 and torch.get_autocast_dtype('cpu') == torch.bfloat16
+                and x.dtype in (torch.float32, torch.bfloat16)):
+            return torch.bfloat16
+        return None
+    return torch.float32 if x.dtype == torch.float32 else None
+
+
 def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    """The oneDNN fused-conv path: float32 CPU inference outside autocast and torch.compile
-    (which fuses on its own); everything else takes F.conv2d, which gives the same numbers."""
-    return (_ONEDNN and torch.backends.mkldnn.enabled and x.device.type == 'cpu'
-            and x.dtype == torch.float32 and weight.dtype == torch.float32
-            and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))
-            and not torch.is_autocast_enabled('cpu') and not torch.compiler.is_compiling())
+    return _onednn_dtype(x, weight) is not None
 
 
-def _packed_weight(conv: nn.Conv2d, x: torch.Tensor, pad, strides) -> torch.Tensor:
+def _packed_weight(conv: nn.Conv2d, x: torch.Tensor, pad, strides):
+    """The conv's weight packed by oneDNN for this input shape and dtype, and its bias in that
+    dtype; cached on the conv and rebuilt when the weight changes (in place or replaced)."""
     cache = conv.__dict__.get('_packed')
     if cache is None:
         cache = conv._packed = _PackCache()
-    w = conv.weight
+    w, b = conv.weight, conv.bias
     try:
-        version = w._version
+        version = (w._version, -1 if b is None else b._version)
     except RuntimeError:  # an inference tensor has no version counter
         version = 0
-    key = (tuple(x.shape[1:]), tuple(pad), strides, w.data_ptr(), version)
+    key = (tuple(x.shape[1:]), x.dtype, tuple(pad), strides, w.data_ptr(),
+           None if b is None else b.data_ptr(), version)
     packed = cache.get(key)
     if packed is None:
         if len(cache) >= 4:  # a few input sizes at a time; stale weights drop out here too
             cache.clear()
-        packed = cache[key] = torch._C._nn.mkldnn_reorder_conv2d_weight(
-            w.detach().to_mkldnn(), list(pad), list(strides), list(conv.dilation), conv.groups,
-            list(x.shape))
+        weight = torch._C._nn.mkldnn_reorder_conv2d_weight(
+            w.detach().to(x.dtype).to_mkldnn(), list(pad), list(strides), list(conv.dilation),
+            conv.groups, list(x.shape))
+        packed = cache[key] = (weight, None if b is None else b.detach().to(x.dtype))
     return packed
 
 
@@ -502,26 +527,31 @@ def conv_forward(conv: nn.Conv2d, x: torch.Tensor, relu: bool = False,
     """``conv(x)``, then ``add_to += that`` in place if given, then ReLU if ``relu``; ``stride``
     overrides the conv's (for an input that was subsampled already).
 
-    The inference engine's convolution. On the CPU in float32 it runs one oneDNN primitive with
-    the add and the ReLU as post-ops and the weight packed once per input shape; ``add_to`` may be
-    a channel slice of a larger buffer (a cell's concat), which is then written in place.
-    Elsewhere (CUDA, autocast, torch.compile, autograd) it is F.conv2d and the same ops unfused.
+    The inference engine's convolution. On the CPU in float32 (and in bfloat16 under CPU bf16
+    autocast) it runs one oneDNN primitive with the add and the ReLU as post-ops and the weight
+    packed once per input shape; ``add_to`` is then added onto in place. Elsewhere (CUDA, other
+    autocast, torch.compile, autograd) it is F.conv2d and the same ops unfused.
     """
     strides = tuple(conv.stride) if stride is None else (stride, stride)
+    dtype = _onednn_dtype(x, conv.weight)
+    if dtype is not None and add_to is not None and add_to.dtype != dtype:
+        dtype = None
+    if dtype is not None and x.dtype != dtype:
+        x = x.to(dtype)
     if isinstance(conv, Conv2dSame):
         x, pad = _pad_plan(x, conv.kernel_size, strides, conv.dilation, conv.pad_mode)
     else:
         pad = conv.padding
-    if _use_onednn(x, conv.weight):
+    if dtype is not None:
         if not (x.is_contiguous(memory_format=torch.channels_last) or x.is_contiguous()):
             x = x.contiguous(memory_format=torch.channels_last)  # faster here than inside the op
-        w = _packed_weight(conv, x, pad, strides)
+        w, b = _packed_weight(conv, x, pad, strides)
         if add_to is None:
             return torch.ops.mkldnn._convolution_pointwise(
-                x, w, conv.bias, list(pad), list(strides), list(conv.dilation), conv.groups,
+                x, w, b, list(pad), list(strides), list(conv.dilation), conv.groups,
                 'relu' if relu else 'none', [], '')
         return torch.ops.mkldnn._convolution_pointwise_.binary(
-            add_to, x, w, conv.bias, list(pad), list(strides), list(conv.dilation), conv.groups,
+            add_to, x, w, b, list(pad), list(strides), list(conv.dilation), conv.groups,
             'add', 1.0, 'relu' if relu else None, [], None)
     y = F.conv2d(x, conv.weight, conv.bias, strides, pad, conv.dilation, conv.groups)
     return finish(y, add_to, relu, owned=True)

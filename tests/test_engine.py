@@ -175,16 +175,20 @@ def test_engine_under_bf16_autocast_stays_close_and_is_not_used_in_training():
         model.Cell.forward_fused = original
 
 
-def test_onednn_path_is_the_one_taken_for_float32_cpu_inference():
+def test_onednn_path_is_taken_for_float32_and_bf16_autocast_cpu_inference():
     conv = _conv(8, 8, 1, 1, 1, torch.nn.Conv2d)
     x = channels_last(torch.randn(1, 8, 5, 5))
     with torch.inference_mode():
-        assert operations._use_onednn(x, conv.weight) == operations._ONEDNN
+        assert operations._onednn_dtype(x, conv.weight) == (torch.float32 if operations._ONEDNN else None)
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            assert not operations._use_onednn(x, conv.weight)
-    assert not operations._use_onednn(x.double(), conv.weight)
+            expected = torch.bfloat16 if operations._ONEDNN_BF16 else None
+            assert operations._onednn_dtype(x, conv.weight) == expected
+            assert conv_forward(conv, x).dtype == torch.bfloat16
+        with torch.autocast('cpu', dtype=torch.float16):
+            assert operations._onednn_dtype(x, conv.weight) is None
+    assert operations._onednn_dtype(x.double(), conv.weight) is None
     x.requires_grad_(True)
-    assert not operations._use_onednn(x, conv.weight)
+    assert operations._onednn_dtype(x, conv.weight) is None
 
 
 COMPILE_CHECK = """
