@@ -321,7 +321,25 @@ class Conv7x1x1x7(nn.Module):
         return conv_forward(self.conv_7x1, conv_forward(self.conv_1x7, x), relu=relu, add_to=add_to)
 
 
-class Pool(nn.Module):
+class _ProjectsOrPasses:
+    """The engine side of Pool and Identity: each ends in a 1x1 conv (BN folded) when it
+    projects (``self.project``), and passes its tensor on otherwise."""
+
+    @property
+    def ends_in_conv(self) -> bool:
+        return self.project
+
+    def fused(self, x: torch.Tensor, add_to: Optional[torch.Tensor] = None,
+              relu: bool = False) -> torch.Tensor:
+        """Inference engine (after ``fuse_op``): ``x`` is what the projection would read: the
+        pool's output for Pool (the cell shares it), the rectified input for a projecting
+        Identity (``takes_relu``), the input itself for a plain skip."""
+        if self.project:
+            return conv_forward(self.conv, x, relu=relu, add_to=add_to)
+        return finish(x, add_to, relu)
+
+
+class Pool(_ProjectsOrPasses, nn.Module):
     """`max_pool_3x3` / `avg_pool_3x3`: pool, then 1x1 conv + BN (no ReLU) if the width changes."""
 
     def __init__(self, kind: str, C_in: int, C_out: int, stride: int, padding: str = 'tf'):
@@ -341,19 +359,8 @@ class Pool(nn.Module):
         """The part after the pool, so that a cell can share one pool between two ops."""
         return self.bn(self.conv(pooled)) if self.project else pooled
 
-    @property
-    def ends_in_conv(self) -> bool:
-        return self.project
 
-    def fused(self, pooled: torch.Tensor, add_to: Optional[torch.Tensor] = None,
-              relu: bool = False) -> torch.Tensor:
-        """Inference engine (after ``fuse_op``): takes the pool's output, which the cell shares."""
-        if self.project:
-            return conv_forward(self.conv, pooled, relu=relu, add_to=add_to)
-        return finish(pooled, add_to, relu)
-
-
-class Identity(nn.Module):
+class Identity(_ProjectsOrPasses, nn.Module):
     """`skip_connect` (TF-Slim's 'none'): identity, or ReLU, strided 1x1 conv, BN when the
     stride or the width changes. A 1x1 'SAME' conv never pads, so the plain conv is exact."""
 
@@ -367,17 +374,6 @@ class Identity(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.bn(self.conv(self.relu(x))) if self.project else x
-
-    @property
-    def ends_in_conv(self) -> bool:
-        return self.project
-
-    def fused(self, x: torch.Tensor, add_to: Optional[torch.Tensor] = None,
-              relu: bool = False) -> torch.Tensor:
-        """Inference engine (after ``fuse_op``): ``x`` is rectified when projecting (``takes_relu``)."""
-        if self.project:
-            return conv_forward(self.conv, x, relu=relu, add_to=add_to)
-        return finish(x, add_to, relu)
 
 
 class Zero(nn.Module):
