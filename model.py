@@ -174,8 +174,19 @@ class Cell(nn.Module):
             rect[s] = s not in raw_readers and (rectify_output or s not in self._concat)
         shared = collections.Counter(self._pool_key(j) for j, op in enumerate(self._ops)
                                      if isinstance(op, Pool))
-        self.engine = {'rectify_output': rectify_output, 'rect': rect, 'read': set(self._indices),
+        self.engine = {'rectify_output': rectify_output, 'rect': rect,
                        'shared_pools': {key for key, uses in shared.items() if uses > 1}}
+        # per combination: run `first`, then `second`; `accumulate`: second's last conv adds onto
+        # first's result in a dense tensor (needed by a state that later ops of the cell read,
+        # or that is not concatenated), else the two results are added into the concat slice
+        steps = []
+        for i in range(self._steps):
+            ja, jb = 2 * i, 2 * i + 1
+            conv_ends = [j for j in (jb, ja) if getattr(self._ops[j], 'ends_in_conv', False)]
+            first, second = (ja, jb) if not conv_ends or conv_ends[0] == jb else (jb, ja)
+            accumulate = bool(conv_ends) and (2 + i in self._indices or 2 + i not in self._concat)
+            steps.append((first, second, accumulate, accumulate and self._owns_result(first)))
+        self.engine['steps'] = steps
 
     def _pool_key(self, j: int):
         op = self._ops[j]
@@ -235,38 +246,26 @@ class Cell(nn.Module):
                           dtype=ref.dtype, device=ref.device, memory_format=fmt)
         slices = {i: buf[:, k * self.C:(k + 1) * self.C] for k, i in enumerate(self._concat)}
         pools = {}
-        for i in range(self._steps):
-            s, ja, jb = 2 + i, 2 * i, 2 * i + 1
-            rect = plan['rect'][s]
-            dst = slices.get(s)
-            acc = jb if getattr(self._ops[jb], 'ends_in_conv', False) else (
-                ja if getattr(self._ops[ja], 'ends_in_conv', False) else None)
-            if acc is not None and dst is not None and s not in plan['read']:
-                # the conv's result and the other op's are added (and rectified) in one pass
-                # that writes the concat slice; nothing reads this state but the next cells
-                other = self._run_fused(ja if acc == jb else jb, states, pools)
-                conv_out = self._run_fused(acc, states, pools)
-                if rect and dst.dtype == torch.float32:  # PyTorch's add_relu is float32 only
-                    out = torch.ops.aten._add_relu.out(conv_out, other, out=dst)
-                else:
-                    out = torch.add(conv_out, other, out=dst)
-                    if rect:
-                        out.relu_()
-            elif acc is not None:
+        for i, (first, second, accumulate, owned) in enumerate(plan['steps']):
+            rect, dst = plan['rect'][2 + i], slices.get(2 + i)
+            if accumulate:
                 # oneDNN adds onto a dense tensor only (onto a slice PyTorch falls back to conv,
                 # then add): the first op's result, own or copied, takes the second op's conv
-                first = ja if acc == jb else jb
                 partial = self._run_fused(first, states, pools)
-                if not self._owns_result(first):
+                if not owned:
                     partial = partial.clone(memory_format=fmt)
-                out = self._run_fused(acc, states, pools, add_to=partial, relu=rect)
+                out = self._run_fused(second, states, pools, add_to=partial, relu=rect)
                 if dst is not None:
                     dst.copy_(out)
             else:
-                ha, hb = self._run_fused(ja, states, pools), self._run_fused(jb, states, pools)
-                out = torch.add(ha, hb) if dst is None else torch.add(ha, hb, out=dst)
-                if rect:
-                    out.relu_()
+                # added (and rectified) in one pass that writes the concat slice
+                a, b = self._run_fused(first, states, pools), self._run_fused(second, states, pools)
+                if rect and dst is not None and dst.dtype == torch.float32:
+                    out = torch.ops.aten._add_relu.out(a, b, out=dst)  # PyTorch's: float32 only
+                else:
+                    out = torch.add(a, b) if dst is None else torch.add(a, b, out=dst)
+                    if rect:
+                        out.relu_()
             states.append(_State(rect=out) if rect else _State(raw=out))
         if plan['rectify_output']:  # combinations that were read raw are rectified last
             for i in self._concat:
