@@ -30,10 +30,15 @@ def rss_mb() -> float:
 
 
 def timed_rounds(runners: dict, rounds: int, batch: int) -> dict:
-    """img/s of each runner per round, interleaved."""
+    """img/s of each runner per round, interleaved; each round starts one runner later than the
+    last, so that no runner always follows the same one (the caches and the other framework's
+    threads it leaves behind) or always opens the round."""
     times = {name: [] for name in runners}
-    for _ in range(rounds):
-        for name, fn in runners.items():
+    names = list(runners)
+    for r in range(rounds):
+        k = r % len(names)
+        for name in names[k:] + names[:k]:
+            fn = runners[name]
             t0 = time.perf_counter()
             fn()
             times[name].append(batch / (time.perf_counter() - t0))
