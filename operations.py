@@ -490,10 +490,6 @@ def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype
     return torch.float32 if x.dtype == torch.float32 else None
 
 
-def _use_onednn(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return _onednn_dtype(x, weight) is not None
-
-
 def _packed_weight(conv: nn.Conv2d, x: torch.Tensor, pad, strides):
     """The conv's weight packed by oneDNN for this input shape and dtype, and its bias in that
     dtype; cached on the conv and rebuilt when the weight changes (in place or replaced)."""
