@@ -149,7 +149,7 @@ class Cell(nn.Module):
                         relu_cache[index] = F.relu(x)
                     h = op(relu_cache[index])
                 elif self.share_pools and isinstance(op, Pool):
-                    key = (index, op.kind, op.pool.stride)
+                    key = self._pool_key(j)
                     if key not in pool_cache:
                         pool_cache[key] = op.pool(x)
                     h = op.finish(pool_cache[key])
