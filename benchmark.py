@@ -182,6 +182,7 @@ def main(argv=None) -> int:
         print(f'{labels[k]:48s} {r["median"]:7.2f} {r["min"]:6.2f}-{r["max"]:<6.2f} {base / r["median"]:15.2f}')
     timm_best = max((rates[k]['median'] for k in ('timm_nchw', 'timm_channels_last') if k in rates),
                     default=None)
+    bf16_agrees = logits_bf16.argmax(1) == logits_fp32.argmax(1)
     result = {
         'fp32_img_s': base, 'bf16_img_s': rates['bf16']['median'],
         'plain_fp32_img_s': rates['plain_fp32']['median'],
@@ -189,8 +190,8 @@ def main(argv=None) -> int:
         'timm_best_img_s': timm_best,
         'preprocess_img_s': pre['numpy']['median'], 'tf_preprocess_img_s': pre['tf']['median'],
         'max_abs_logit_diff_fast_vs_plain': float(np.abs(logits_fp32 - logits_plain).max()),
-        'bf16_same_top1_as_fp32': bool((logits_bf16.argmax(1) == logits_fp32.argmax(1)).all()),
-        'bf16_top1_agreements': int((logits_bf16.argmax(1) == logits_fp32.argmax(1)).sum()),
+        'bf16_same_top1_as_fp32': bool(bf16_agrees.all()),
+        'bf16_top1_agreements': int(bf16_agrees.sum()),
         'bf16_max_abs_logit_diff': float(np.abs(logits_bf16 - logits_fp32).max()),
         'fp32_top1_margins': [float(m) for m in top1_margins(logits_fp32)],
         'rates': rates, 'preprocess': pre, 'memory': peak,
