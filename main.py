@@ -44,8 +44,9 @@ def parse_args(argv=None):
                     help='run the model as converted, without the fused fast path (BN folding, '
                          'channels_last); for comparison')
     ap.add_argument('--compile', action='store_true',
-                    help='torch.compile the fast path, with inductor freezing on the CPU (faster '
-                         'after a compile of a minute or so; see README)')
+                    help='torch.compile the fast path, with inductor freezing on the CPU (after a '
+                         'compile of a minute or so; on a 2-core CPU about the default path\'s '
+                         'speed, see README)')
     ap.add_argument('--no-progress', action='store_true', help='no progress bar')
     return ap.parse_args(argv)
 
