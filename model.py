@@ -488,6 +488,21 @@ def _is_aux_key(key: str) -> bool:
     return key.startswith('auxiliary_head.')
 
 
+def _load_error_summary(e: Exception) -> str:
+    """One line for why ``torch.load(weights_only=True)`` failed, without PyTorch's advice to
+    retry with ``weights_only=False``: a convert.py output never needs it."""
+    text = str(e).strip()
+    marker = 'WeightsUnpickler error:'
+    if marker in text:
+        detail = text.split(marker, 1)[1].strip().splitlines()
+        detail = detail[0].strip() if detail else ''
+        return ('damaged, or pickles objects other than tensors and plain containers'
+                + (f': {detail}' if detail else ''))
+    if not text:
+        return 'empty or cut short' if isinstance(e, EOFError) else type(e).__name__
+    return text.splitlines()[0].split('. ')[0].rstrip('.')
+
+
 def load_pretrained(path: str, auxiliary: bool = False, map_location='cpu',
                     **overrides) -> NetworkImageNet:
     """Builds the network a ``convert.py`` output describes, loads its weights, returns it in eval mode.
@@ -503,8 +518,9 @@ def load_pretrained(path: str, auxiliary: bool = False, map_location='cpu',
     try:
         obj = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as e:  # pickle, zip and torch errors all mean "not a weights file of ours"
-        raise CheckpointError(f'{path}: not a PyTorch weights file this port can read ({e}); '
-                              f'convert the TF checkpoint again with convert.py') from None
+        raise CheckpointError(f'{path}: not a PyTorch weights file this port can read '
+                              f'({_load_error_summary(e)}); convert the TF checkpoint again with '
+                              f'convert.py') from None
     if isinstance(obj, dict) and 'state_dict' in obj and 'config' in obj:
         config = PNASNetConfig.from_dict(dict(obj['config']))
         state_dict = obj['state_dict']

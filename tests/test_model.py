@@ -169,8 +169,21 @@ def test_load_pretrained_errors_name_the_file_and_the_fix(tmp_path):
         model.load_pretrained(str(tmp_path / 'missing.pth'))
     junk = tmp_path / 'junk.pth'
     junk.write_bytes(b'not a checkpoint')
-    with pytest.raises(model.CheckpointError, match='junk.pth'):
+    with pytest.raises(model.CheckpointError, match='junk.pth') as info:
         model.load_pretrained(str(junk))
+    # one line, and not PyTorch's advice to load untrusted pickles with weights_only=False
+    assert '\n' not in str(info.value) and 'weights_only` set to `False' not in str(info.value)
+    assert 'damaged' in str(info.value)
+    cut = tmp_path / 'cut.pth'
+    torch.save({'w': torch.zeros(1000)}, cut)
+    cut.write_bytes(cut.read_bytes()[:500])
+    with pytest.raises(model.CheckpointError, match=r'cut\.pth: not a PyTorch weights file') as info:
+        model.load_pretrained(str(cut))
+    assert '\n' not in str(info.value)
+    empty = tmp_path / 'empty.pth'
+    empty.write_bytes(b'')
+    with pytest.raises(model.CheckpointError, match='empty or cut short'):
+        model.load_pretrained(str(empty))
     no_aux = tmp_path / 'no_aux.pth'
     net = NetworkImageNet(small(auxiliary=False))
     torch.save({'config': net.config.to_dict(), 'state_dict': net.state_dict()}, no_aux)
