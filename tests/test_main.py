@@ -143,6 +143,21 @@ def test_bad_inputs_give_one_clear_message(valdir, weights, tmp_path):
     assert status == 1 and "'cats' is not an ILSVRC-2012 wnid" in err
     status, _, err = run_main('--valdir', valdir, '--weights', str(tmp_path / 'none.pth'))
     assert status == 1 and 'convert.py' in err and 'Traceback' not in err
+    broken = tmp_path / 'broken.jpg'
+    broken.write_bytes(b'\xff\xd8 not really a JPEG')
+    status, _, err = run_main('--weights', weights, '--image', str(broken))
+    assert status == 1 and f'{broken}: cannot decode the image' in err and 'Traceback' not in err
+
+
+@pytest.mark.parametrize('option, value', [('--batch-size', '0'), ('--image-size', '2'),
+                                           ('--workers', '-1'), ('--limit', '0'),
+                                           ('--limit', 'ten')])
+def test_numeric_options_out_of_range_are_refused_before_any_work(option, value):
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), pytest.raises(SystemExit) as info:
+        main.parse_args([option, value])
+    assert info.value.code == 2 and f'argument {option}: ' in err.getvalue()
+    assert (f'{value} is below' in err.getvalue() or f"'{value}' is not a whole number" in err.getvalue())
 
 
 def test_corrupt_image_stops_or_is_skipped(valdir, weights, tmp_path):
