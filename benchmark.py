@@ -80,10 +80,10 @@ def preprocess_rates(n: int, rounds: int) -> dict:
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--batch', type=int, default=4)
-    ap.add_argument('--size', type=int, default=331)
-    ap.add_argument('--threads', type=int, default=2, help='CPU threads for every framework')
-    ap.add_argument('--rounds', type=int, default=5)
+    ap.add_argument('--batch', type=utils.int_at_least(1), default=4)
+    ap.add_argument('--size', type=utils.int_at_least(3), default=331)
+    ap.add_argument('--threads', type=utils.int_at_least(1), default=2, help='CPU threads for every framework')
+    ap.add_argument('--rounds', type=utils.int_at_least(1), default=5)
     ap.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
     ap.add_argument('--compile', action='store_true', help='also time torch.compile of the fast path')
     ap.add_argument('--no-tf', action='store_true')

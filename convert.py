@@ -356,7 +356,7 @@ def main(argv=None) -> int:
                     help='TF checkpoint prefix, the folder holding it, or the official .tar.gz')
     ap.add_argument('--output', default='data/PNASNet-5_Large.pth')
     ap.add_argument('--force', action='store_true', help='replace an existing output file')
-    ap.add_argument('--image-size', type=int,
+    ap.add_argument('--image-size', type=utils.int_at_least(3),
                     help='size of the test image of check 2 (default: the network\'s own)')
     ap.add_argument('--self-test', action='store_true',
                     help='convert random checkpoints of small configs and compare with TF')

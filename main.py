@@ -21,32 +21,22 @@ import model as model_mod
 import utils
 
 
-def _int_at_least(low: int):
-    def parse(text: str) -> int:
-        try:
-            value = int(text)
-        except ValueError:
-            raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
-        if value < low:
-            raise argparse.ArgumentTypeError(f'{value} is below {low}')
-        return value
-    return parse
-
-
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--valdir', default='data/val', help='ImageNet val, one folder per wnid')
     ap.add_argument('--weights', default='data/PNASNet-5_Large.pth', help='output of convert.py')
-    ap.add_argument('--image-size', type=_int_at_least(3), help='default: the checkpoint\'s (331 Large, 224 Mobile)')
-    ap.add_argument('--batch-size', type=_int_at_least(1), default=32)
-    ap.add_argument('--workers', type=_int_at_least(0), default=min(4, os.cpu_count() or 1),
+    ap.add_argument('--image-size', type=utils.int_at_least(3),
+                    help='default: the checkpoint\'s (331 Large, 224 Mobile)')
+    ap.add_argument('--batch-size', type=utils.int_at_least(1), default=32)
+    ap.add_argument('--workers', type=utils.int_at_least(0), default=min(4, os.cpu_count() or 1),
                     help='DataLoader worker processes (0: load in the main process)')
     ap.add_argument('--device', choices=['auto', 'cuda', 'cpu'], default='auto')
     ap.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default='fp32',
                     help='autocast precision; fp32 is the exact one')
     ap.add_argument('--preprocess', choices=['numpy', 'tf'], default='numpy',
                     help='numpy: the TF-exact reimplementation; tf: TensorFlow\'s own ops')
-    ap.add_argument('--limit', type=_int_at_least(1), help='evaluate only the first N images (in dataset order)')
+    ap.add_argument('--limit', type=utils.int_at_least(1),
+                    help='evaluate only the first N images (in dataset order)')
     ap.add_argument('--skip-bad', action='store_true',
                     help='skip images that cannot be decoded (counted and reported) instead of stopping')
     ap.add_argument('--output', help='write results (accuracy, settings, per-image top-5) as JSON')

@@ -4,6 +4,7 @@
 bit: the same float32 operations in the same order (see ../shared/SPEC.md), so the evaluation
 needs no TensorFlow. ``preprocess_for_eval_tf`` keeps the TensorFlow original for comparison.
 """
+import argparse
 import ctypes
 import json
 import os
@@ -236,6 +237,21 @@ def tune_cpu_allocator() -> None:
         return
     libc.mallopt(-3, 32 << 20)   # M_MMAP_THRESHOLD
     libc.mallopt(-1, 1 << 30)    # M_TRIM_THRESHOLD: keep up to 1 GiB of freed heap
+
+
+# --- command lines ---------------------------------------------------------------------------------
+
+def int_at_least(low: int) -> Callable[[str], int]:
+    """An argparse ``type``: a whole number no smaller than ``low``, refused with the reason."""
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f'{text!r} is not a whole number') from None
+        if value < low:
+            raise argparse.ArgumentTypeError(f'{value} is below {low}')
+        return value
+    return parse
 
 
 # --- metrics ---------------------------------------------------------------------------------------

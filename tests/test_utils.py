@@ -1,5 +1,8 @@
-"""The NumPy preprocessing against TensorFlow's, and the metrics."""
+"""The NumPy preprocessing against TensorFlow's, the metrics, the command-line types."""
+import argparse
+
 import numpy as np
+import pytest
 import torch
 
 import utils
@@ -42,3 +45,12 @@ def test_topk_correct_counts():
                            [0.0, 0.1, 0.2, 0.3, 0.4, 0.5, 0.6]])
     assert utils.topk_correct(logits, torch.tensor([1, 1, 0])) == [1, 2]
     assert utils.topk_correct(logits, torch.tensor([1, 0, 6])) == [3, 3]
+
+
+def test_int_at_least_refuses_with_the_reason():
+    parse = utils.int_at_least(3)
+    assert parse('3') == 3 and parse('331') == 331
+    with pytest.raises(argparse.ArgumentTypeError, match='2 is below 3'):
+        parse('2')
+    with pytest.raises(argparse.ArgumentTypeError, match="'3.5' is not a whole number"):
+        parse('3.5')
