@@ -81,7 +81,7 @@ def preprocess_rates(n: int, rounds: int) -> dict:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--batch', type=utils.int_at_least(1), default=4)
-    ap.add_argument('--size', type=utils.int_at_least(3), default=331)
+    ap.add_argument('--size', type=utils.int_at_least(model_mod.MIN_IMAGE_SIZE), default=331)
     ap.add_argument('--threads', type=utils.int_at_least(1), default=2, help='CPU threads for every framework')
     ap.add_argument('--rounds', type=utils.int_at_least(1), default=5)
     ap.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')

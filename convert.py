@@ -29,7 +29,7 @@ import torch
 import torch.nn as nn
 
 import utils
-from model import NetworkImageNet, PNASNetConfig, load_pretrained
+from model import MIN_IMAGE_SIZE, NetworkImageNet, PNASNetConfig, load_pretrained
 from operations import (Conv7x1x1x7, DilConv, FactorizedReduce, Identity, Pool, ReLUConvBN,
                         SepConv)
 
@@ -356,7 +356,7 @@ def main(argv=None) -> int:
                     help='TF checkpoint prefix, the folder holding it, or the official .tar.gz')
     ap.add_argument('--output', default='data/PNASNet-5_Large.pth')
     ap.add_argument('--force', action='store_true', help='replace an existing output file')
-    ap.add_argument('--image-size', type=utils.int_at_least(3),
+    ap.add_argument('--image-size', type=utils.int_at_least(MIN_IMAGE_SIZE),
                     help='size of the test image of check 2 (default: the network\'s own)')
     ap.add_argument('--self-test', action='store_true',
                     help='convert random checkpoints of small configs and compare with TF')

@@ -25,7 +25,7 @@ def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--valdir', default='data/val', help='ImageNet val, one folder per wnid')
     ap.add_argument('--weights', default='data/PNASNet-5_Large.pth', help='output of convert.py')
-    ap.add_argument('--image-size', type=utils.int_at_least(3),
+    ap.add_argument('--image-size', type=utils.int_at_least(model_mod.MIN_IMAGE_SIZE),
                     help='default: the checkpoint\'s (331 Large, 224 Mobile)')
     ap.add_argument('--batch-size', type=utils.int_at_least(1), default=32)
     ap.add_argument('--workers', type=utils.int_at_least(0), default=min(4, os.cpu_count() or 1),

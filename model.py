@@ -25,6 +25,9 @@ from operations import (OPS, PADDING_MODES, FactorizedReduce, Identity, Pool, Re
                         _format_of, max_pool_same)
 
 
+MIN_IMAGE_SIZE = 3  # conv0 is a VALID 3x3 conv: a smaller input leaves it nothing
+
+
 @dataclass
 class PNASNetConfig:
     """Every architectural number of the network; ``large()`` and ``mobile()`` are the presets."""
