@@ -1,6 +1,9 @@
 """The inference engine (optimize_for_inference): each fused piece equals the plain op it replaces,
 and whole networks of every genotype give the plain model's logits."""
 import copy
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -214,9 +217,6 @@ def test_compile_for_inference_gives_the_plain_models_features():
     """A real inductor compile with freezing, of a one-cell network (about 30 s here); under
     torch.compile the engine steps aside and inductor fuses the folded model itself. In a fresh
     interpreter: inductor's triton import crashes a process that loaded TensorFlow first."""
-    import os
-    import subprocess
-    import sys
     tests = os.path.dirname(os.path.abspath(__file__))
     script = COMPILE_CHECK.format(root=os.path.dirname(tests), tests=tests)
     run = subprocess.run([sys.executable, '-c', script], capture_output=True, text=True, timeout=600)
