@@ -29,24 +29,44 @@ def rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
+def round_orders(n: int) -> list:
+    """Orders of runners 0..n-1 for successive rounds, a balanced Latin square (Williams design):
+    over one cycle every runner opens a round equally often and follows every other runner
+    equally often, so that none always runs after the same one (whose caches, or whose framework's
+    threads, it would inherit). The cycle is n rounds for even n, 2n for odd n."""
+    first = [0]
+    for j in range(1, n):
+        first.append((j + 1) // 2 if j % 2 else n - j // 2)
+    orders = [[(i + r) % n for i in first] for r in range(n)]
+    if n % 2:
+        orders += [order[::-1] for order in orders]
+    return orders
+
+
 def timed_rounds(runners: dict, rounds: int, batch: int) -> dict:
-    """img/s of each runner per round, interleaved; each round starts one runner later than the
-    last, so that no runner always follows the same one (the caches and the other framework's
-    threads it leaves behind) or always opens the round."""
+    """img/s of each runner per round, interleaved; the order changes from round to round as
+    ``round_orders`` gives."""
     times = {name: [] for name in runners}
     names = list(runners)
+    orders = round_orders(len(names))
     for r in range(rounds):
-        k = r % len(names)
-        for name in names[k:] + names[:k]:
-            fn = runners[name]
+        for i in orders[r % len(orders)]:
+            fn = runners[names[i]]
             t0 = time.perf_counter()
             fn()
-            times[name].append(batch / (time.perf_counter() - t0))
+            times[names[i]].append(batch / (time.perf_counter() - t0))
     return times
 
 
 def summary(values):
     return {'median': statistics.median(values), 'min': min(values), 'max': max(values)}
+
+
+def per_round_ratios(times: dict, name: str, peer: str) -> dict:
+    """Summary of ``name``'s img/s over ``peer``'s, round by round. The two ran back to back in
+    each round, under much the same load, so these ratios scatter less than the ratio of the
+    medians, which pairs rounds that the shared machine ran at different speeds."""
+    return summary([a / b for a, b in zip(times[name], times[peer])])
 
 
 def preprocess_rates(n: int, rounds: int) -> dict:
@@ -167,7 +187,8 @@ def main(argv=None) -> int:
         fn()
     print(f'timing {len(runners)} models, {args.rounds} interleaved rounds, batch {args.batch}, '
           f'{args.size} px, {args.threads} threads, {device} ...', flush=True)
-    rates = {k: summary(v) for k, v in timed_rounds(runners, args.rounds, args.batch).items()}
+    times = timed_rounds(runners, args.rounds, args.batch)
+    rates = {k: summary(v) for k, v in times.items()}
     pre = preprocess_rates(n=16, rounds=max(3, args.rounds))
 
     labels = {'fp32': 'this port, fp32 (engine, channels_last)',
@@ -180,8 +201,11 @@ def main(argv=None) -> int:
     print(f'\n{"model":48s} {"img/s":>7s} {"min-max":>13s} {"this fp32 / it":>15s}')
     for k, r in rates.items():
         print(f'{labels[k]:48s} {r["median"]:7.2f} {r["min"]:6.2f}-{r["max"]:<6.2f} {base / r["median"]:15.2f}')
-    timm_best = max((rates[k]['median'] for k in ('timm_nchw', 'timm_channels_last') if k in rates),
-                    default=None)
+    timm_layout = max((k for k in ('timm_nchw', 'timm_channels_last') if k in rates),
+                      key=lambda k: rates[k]['median'], default=None)
+    timm_best = rates[timm_layout]['median'] if timm_layout else None
+    paired = {peer: per_round_ratios(times, 'fp32', key) for peer, key in
+              (('timm_best', timm_layout), ('tf', 'tf_fp32')) if key in rates}
     bf16_agrees = logits_bf16.argmax(1) == logits_fp32.argmax(1)
     result = {
         'fp32_img_s': base, 'bf16_img_s': rates['bf16']['median'],
@@ -194,6 +218,8 @@ def main(argv=None) -> int:
         'bf16_top1_agreements': int(bf16_agrees.sum()),
         'bf16_max_abs_logit_diff': float(np.abs(logits_bf16 - logits_fp32).max()),
         'fp32_top1_margins': [float(m) for m in top1_margins(logits_fp32)],
+        'fp32_over_timm_best_per_round': paired.get('timm_best'),
+        'fp32_over_tf_per_round': paired.get('tf'),
         'rates': rates, 'preprocess': pre, 'memory': peak,
         'settings': {'batch': args.batch, 'size': args.size, 'threads': args.threads,
                      'device': str(device), 'rounds': args.rounds, 'torch': torch.__version__,
@@ -209,11 +235,14 @@ def main(argv=None) -> int:
     if 'fp16' in rates:
         result['fp16_img_s'] = rates['fp16']['median']
     print()
+    def per_round(peer):
+        r = paired[peer]
+        return f' (per round: median {r["median"]:.2f}x, {r["min"]:.2f}-{r["max"]:.2f})'
     if timm_best:
-        print(f'fp32 / timm best layout: {base / timm_best:.2f}x')
+        print(f'fp32 / timm best layout: {base / timm_best:.2f}x' + per_round('timm_best'))
     if result['tf_fp32_img_s']:
-        print(f'fp32 / TF graph: {base / result["tf_fp32_img_s"]:.2f}x; '
-              f'bf16 / TF graph fp32: {result["bf16_img_s"] / result["tf_fp32_img_s"]:.2f}x')
+        print(f'fp32 / TF graph: {base / result["tf_fp32_img_s"]:.2f}x' + per_round('tf')
+              + f'; bf16 / TF graph fp32: {result["bf16_img_s"] / result["tf_fp32_img_s"]:.2f}x')
         print(f'max |logits - TF| (fp32 fast path): {result["max_abs_logit_diff_vs_tf"]:.3g}'
               + (f'; torch.compile: {result["compiled_max_abs_logit_diff_vs_tf"]:.3g}'
                  if 'compiled_max_abs_logit_diff_vs_tf' in result else ''))
