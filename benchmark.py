@@ -50,11 +50,10 @@ def timed_rounds(runners: dict, rounds: int, batch: int) -> dict:
     names = list(runners)
     orders = round_orders(len(names))
     for r in range(rounds):
-        for i in orders[r % len(orders)]:
-            fn = runners[names[i]]
+        for name in (names[i] for i in orders[r % len(orders)]):
             t0 = time.perf_counter()
-            fn()
-            times[names[i]].append(batch / (time.perf_counter() - t0))
+            runners[name]()
+            times[name].append(batch / (time.perf_counter() - t0))
     return times
 
 
@@ -63,9 +62,9 @@ def summary(values):
 
 
 def per_round_ratios(times: dict, name: str, peer: str) -> dict:
-    """Summary of ``name``'s img/s over ``peer``'s, round by round. The two ran back to back in
-    each round, under much the same load, so these ratios scatter less than the ratio of the
-    medians, which pairs rounds that the shared machine ran at different speeds."""
+    """Summary of ``name``'s img/s over ``peer``'s, round by round: each ratio compares two
+    forwards of the same round, a few seconds apart, where the ratio of the medians may compare
+    rounds that the shared machine ran at different speeds."""
     return summary([a / b for a, b in zip(times[name], times[peer])])
 
 
