@@ -7,8 +7,15 @@ All models get the same random PNASNet-5 Large weights where they can (this port
 share one converted checkpoint; timm's has its own random weights), the same batch and size, and
 are timed interleaved: one forward of each in turn, several rounds after a warm-up, so that the
 load of a shared machine falls on all of them alike. What matters is the ratio column.
+
+After the rounds it splits one forward of this port's fp32 engine and of timm's faster layout into
+1x1 convolutions, depthwise convolutions, other convolutions and the rest, and prints the most that
+fp32 / timm could reach if everything but this port's 1x1 convolutions took no time. ``--bounds``
+also times the engine with its depthwise convolutions skipped (its logits are wrong: it bounds
+what any depthwise kernel could give).
 """
 import argparse
+import contextlib
 import copy
 import os
 import platform
@@ -22,7 +29,10 @@ import numpy as np
 import torch
 
 import model as model_mod
+import operations
 import utils
+
+CONV_KINDS = ('1x1', 'depthwise', 'other')
 
 
 def rss_mb() -> float:
@@ -68,6 +78,96 @@ def per_round_ratios(times: dict, name: str, peer: str) -> dict:
     return summary([a / b for a, b in zip(times[name], times[peer])])
 
 
+def conv_kind(conv: torch.nn.Conv2d) -> str:
+    """'1x1', 'depthwise' (one filter per channel) or 'other'."""
+    if conv.groups > 1 and conv.groups == conv.in_channels == conv.out_channels:
+        return 'depthwise'
+    return '1x1' if tuple(conv.kernel_size) == (1, 1) else 'other'
+
+
+def _patch_conv_forward(fn):
+    """Makes this port's engine call ``fn`` for every convolution (model.py and operations.py
+    each hold the name); returns the original. Only for measuring: restore it when done."""
+    original = operations.conv_forward
+    operations.conv_forward = model_mod.conv_forward = fn
+    return original
+
+
+@contextlib.contextmanager
+def conv_timer(net: torch.nn.Module):
+    """Seconds spent in each kind of ``net``'s convolutions (``CONV_KINDS``) inside the block,
+    and the number of calls. This port's engine calls ``operations.conv_forward`` (wrapped here
+    for the block); other models, timm's among them, run a Conv2d's forward (hooked here, its
+    padding included). Everything is put back when the block ends."""
+    seconds = dict.fromkeys(CONV_KINDS, 0.0)
+    calls = dict.fromkeys(CONV_KINDS, 0)
+    started = {}
+
+    def record(conv, t0):
+        kind = conv_kind(conv)
+        seconds[kind] += time.perf_counter() - t0
+        calls[kind] += 1
+
+    def timed_conv_forward(conv, x, *args, **kwargs):
+        t0 = time.perf_counter()
+        out = original(conv, x, *args, **kwargs)
+        record(conv, t0)
+        return out
+
+    def before(conv, inputs):
+        started[conv] = time.perf_counter()
+
+    def after(conv, inputs, output):
+        record(conv, started.pop(conv))
+
+    handles = []
+    for m in net.modules():
+        if isinstance(m, torch.nn.Conv2d):
+            handles += [m.register_forward_pre_hook(before), m.register_forward_hook(after)]
+    original = _patch_conv_forward(timed_conv_forward)
+    try:
+        yield seconds, calls
+    finally:
+        _patch_conv_forward(original)
+        for h in handles:
+            h.remove()
+
+
+def time_breakdown(net: torch.nn.Module, fn, repeats: int = 3) -> dict:
+    """Milliseconds of one ``fn()`` (a forward of ``net``) by where they go: each kind of
+    convolution, the rest (pools, ReLUs, adds, copies, Python), and the total; means over
+    ``repeats`` instrumented calls (the timers add a little to each)."""
+    total = 0.0
+    with conv_timer(net) as (seconds, calls):
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            total += time.perf_counter() - t0
+    ms = {kind: 1e3 * seconds[kind] / repeats for kind in CONV_KINDS}
+    ms['rest'] = 1e3 * total / repeats - sum(ms.values())
+    ms['total'] = 1e3 * total / repeats
+    ms['calls'] = {kind: calls[kind] // repeats for kind in CONV_KINDS}
+    return ms
+
+
+@contextlib.contextmanager
+def depthwise_skipped():
+    """Inside the block this port's engine skips its depthwise convolutions (each hands on its
+    input, subsampled where it has a stride): not a model, its logits are wrong; it bounds what
+    any depthwise kernel, however fast, could give the engine."""
+    def conv_forward(conv, x, *args, **kwargs):
+        if conv_kind(conv) != 'depthwise':
+            return original(conv, x, *args, **kwargs)
+        stride = kwargs.get('stride') or conv.stride[0]
+        return x if stride == 1 else x[:, :, ::stride, ::stride]
+
+    original = _patch_conv_forward(conv_forward)
+    try:
+        yield
+    finally:
+        _patch_conv_forward(original)
+
+
 def preprocess_rates(n: int, rounds: int) -> dict:
     """Decode + preprocess per image: NumPy (this port) against TF's op called per image."""
     from PIL import Image
@@ -107,6 +207,9 @@ def main(argv=None) -> int:
     ap.add_argument('--compile', action='store_true', help='also time torch.compile of the fast path')
     ap.add_argument('--no-tf', action='store_true')
     ap.add_argument('--no-timm', action='store_true')
+    ap.add_argument('--bounds', action='store_true',
+                    help='also time the fp32 engine with its depthwise convolutions skipped (wrong '
+                         'logits: an upper bound on what a faster depthwise kernel could give)')
     ap.add_argument('--json', help='write the figures here')
     args = ap.parse_args(argv)
 
@@ -168,6 +271,13 @@ def main(argv=None) -> int:
     if args.compile:
         compiled = model_mod.compile_for_inference(fast, device)
         runners['compiled_fp32'] = run(compiled, x_cl)
+    if args.bounds:
+        fp32 = runners['fp32']
+
+        def fp32_without_depthwise():
+            with depthwise_skipped():
+                return fp32()
+        runners['fp32_no_depthwise'] = fp32_without_depthwise
     notes = []
     if timm is None and not args.no_timm:
         notes.append('timm is not installed: its rows are skipped (pip install timm)')
@@ -188,11 +298,18 @@ def main(argv=None) -> int:
           f'{args.size} px, {args.threads} threads, {device} ...', flush=True)
     times = timed_rounds(runners, args.rounds, args.batch)
     rates = {k: summary(v) for k, v in times.items()}
+    timm_layout = max((k for k in ('timm_nchw', 'timm_channels_last') if k in rates),
+                      key=lambda k: rates[k]['median'], default=None)
+    breakdown = {'fp32': time_breakdown(fast, runners['fp32'])}
+    if timm_layout:
+        breakdown[timm_layout] = time_breakdown(t_cl if timm_layout == 'timm_channels_last' else t_nchw,
+                                                runners[timm_layout])
     pre = preprocess_rates(n=16, rounds=max(3, args.rounds))
 
     labels = {'fp32': 'this port, fp32 (engine, channels_last)',
               'bf16': 'this port, bf16 autocast', 'fp16': 'this port, fp16 autocast',
               'compiled_fp32': 'this port, fp32, torch.compile (freezing)',
+              'fp32_no_depthwise': 'bound: fp32 engine, depthwise convs skipped',
               'plain_fp32': 'this port, fp32, unfused NCHW',
               'timm_nchw': 'timm pnasnet5large, NCHW', 'timm_channels_last': 'timm pnasnet5large, channels_last',
               'tf_fp32': 'TF-Slim graph (tf_reference), fp32 NHWC'}
@@ -200,8 +317,6 @@ def main(argv=None) -> int:
     print(f'\n{"model":48s} {"img/s":>7s} {"min-max":>13s} {"this fp32 / it":>15s}')
     for k, r in rates.items():
         print(f'{labels[k]:48s} {r["median"]:7.2f} {r["min"]:6.2f}-{r["max"]:<6.2f} {base / r["median"]:15.2f}')
-    timm_layout = max((k for k in ('timm_nchw', 'timm_channels_last') if k in rates),
-                      key=lambda k: rates[k]['median'], default=None)
     timm_best = rates[timm_layout]['median'] if timm_layout else None
     paired = {peer: per_round_ratios(times, 'fp32', key) for peer, key in
               (('timm_best', timm_layout), ('tf', 'tf_fp32')) if key in rates}
@@ -219,7 +334,7 @@ def main(argv=None) -> int:
         'fp32_top1_margins': [float(m) for m in top1_margins(logits_fp32)],
         'fp32_over_timm_best_per_round': paired.get('timm_best'),
         'fp32_over_tf_per_round': paired.get('tf'),
-        'rates': rates, 'preprocess': pre, 'memory': peak,
+        'rates': rates, 'preprocess': pre, 'memory': peak, 'breakdown_ms': breakdown,
         'settings': {'batch': args.batch, 'size': args.size, 'threads': args.threads,
                      'device': str(device), 'rounds': args.rounds, 'torch': torch.__version__,
                      'tensorflow': tf.__version__, 'machine': platform.machine(),
@@ -233,6 +348,12 @@ def main(argv=None) -> int:
             result['compiled_max_abs_logit_diff_vs_tf'] = float(np.abs(compiled_logits - tf_logits).max())
     if 'fp16' in rates:
         result['fp16_img_s'] = rates['fp16']['median']
+    if timm_best:
+        result['fp32_1x1_floor_over_timm_best'] = 1e3 * args.batch / timm_best / breakdown['fp32']['1x1']
+    if timm_best and 'fp32_no_depthwise' in rates:
+        result['fp32_no_depthwise_over_timm_best'] = rates['fp32_no_depthwise']['median'] / timm_best
+        result['fp32_no_depthwise_over_timm_best_per_round'] = per_round_ratios(
+            times, 'fp32_no_depthwise', timm_layout)
     print()
     def per_round(peer):
         r = paired[peer]
@@ -250,6 +371,16 @@ def main(argv=None) -> int:
           f'{result["bf16_max_abs_logit_diff"]:.3g}, fp32 top-1 margins '
           + ', '.join(f'{m:.3g}' for m in result['fp32_top1_margins'])
           + ' (random weights: a margin below the bf16 difference can flip)')
+    print_breakdown(breakdown, labels)
+    if 'fp32_no_depthwise_over_timm_best' in result:
+        r = result['fp32_no_depthwise_over_timm_best_per_round']
+        print(f'bound, depthwise convs free: fp32 / timm best layout '
+              f'{result["fp32_no_depthwise_over_timm_best"]:.2f}x (per round: median '
+              f'{r["median"]:.2f}x, {r["min"]:.2f}-{r["max"]:.2f})')
+    if timm_best:
+        print(f'bound, everything but the 1x1 convs free: fp32 / timm best layout at most '
+              f'{result["fp32_1x1_floor_over_timm_best"]:.2f}x (timm\'s median forward over the '
+              f'time of this port\'s 1x1 convs alone)')
     print(f'preprocessing (decode + preprocess_for_eval, 500x375 JPEG -> 331, one thread): '
           f'numpy {pre["numpy"]["median"]:.1f} img/s, TF op {pre["tf"]["median"]:.1f} img/s, '
           f'ratio {pre["numpy"]["median"] / pre["tf"]["median"]:.2f}')
@@ -262,6 +393,14 @@ def main(argv=None) -> int:
     if tf_net is not None:
         tf_net.close()
     return 0
+
+
+def print_breakdown(breakdown: dict, labels: dict) -> None:
+    print(f'\nwhere one forward goes, ms (mean of 3 instrumented forwards after the rounds):')
+    print(f'{"model":48s} {"1x1 convs":>9s} {"depthwise":>9s} {"other conv":>10s} {"the rest":>8s} {"total":>7s}')
+    for name, ms in breakdown.items():
+        print(f'{labels[name]:48s} {ms["1x1"]:9.0f} {ms["depthwise"]:9.0f} {ms["other"]:10.0f} '
+              f'{ms["rest"]:8.0f} {ms["total"]:7.0f}')
 
 
 def top1_margins(logits: np.ndarray) -> np.ndarray:

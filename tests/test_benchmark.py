@@ -1,7 +1,9 @@
 """benchmark.py's bookkeeping (its timings belong to the benchmark itself, not to tests)."""
 import collections
+import copy
 
 import pytest
+import torch
 
 import benchmark
 
@@ -37,3 +39,65 @@ def test_per_round_ratios_pair_each_round_with_itself():
     times = {'a': [10.0, 4.0, 4.0], 'b': [8.0, 5.0, 3.2]}
     assert benchmark.summary(times['a'])['median'] / benchmark.summary(times['b'])['median'] == 0.8
     assert benchmark.per_round_ratios(times, 'a', 'b') == {'median': 1.25, 'min': 0.8, 'max': 1.25}
+
+
+def _small_nets():
+    import model
+    torch.manual_seed(0)
+    plain = model.NetworkImageNet(model.PNASNetConfig.mobile(num_conv_filters=8, num_cells=3)).eval()
+    fast = model.optimize_for_inference(copy.deepcopy(plain))
+    x = torch.randn(2, 3, 64, 64)
+    return plain, fast, x, x.contiguous(memory_format=torch.channels_last)
+
+
+def _conv_counts(net):
+    return collections.Counter(benchmark.conv_kind(m) for m in net.modules()
+                               if isinstance(m, torch.nn.Conv2d))
+
+
+def test_conv_kind():
+    conv = torch.nn.Conv2d
+    assert benchmark.conv_kind(conv(8, 16, 1)) == '1x1'
+    assert benchmark.conv_kind(conv(8, 8, 5, groups=8)) == 'depthwise'
+    assert benchmark.conv_kind(conv(8, 8, 3)) == 'other'
+    assert benchmark.conv_kind(conv(8, 16, 3, groups=8)) == 'other'  # depth multiplier 2
+    assert benchmark.conv_kind(conv(8, 8, 3, groups=2)) == 'other'
+
+
+def test_time_breakdown_counts_each_conv_of_the_engine_and_of_a_plain_model_once_per_forward():
+    plain, fast, x, x_cl = _small_nets()
+    expected = _conv_counts(plain)
+    assert expected['1x1'] > 0 and expected['depthwise'] > 0 and expected['other'] == 1  # conv0
+    with torch.inference_mode():
+        for net, inp in ((plain, x), (fast, x_cl)):
+            ms = benchmark.time_breakdown(net, lambda: net(inp), repeats=2)
+            assert ms['calls'] == dict(expected)
+            assert all(ms[k] > 0 for k in benchmark.CONV_KINDS)
+            assert ms['total'] > 0 and abs(sum(ms[k] for k in (*benchmark.CONV_KINDS, 'rest'))
+                                           - ms['total']) < 1e-6
+
+
+def test_conv_timer_and_depthwise_skipped_put_everything_back():
+    import model
+    import operations
+    plain, fast, x, x_cl = _small_nets()
+    original = operations.conv_forward
+    with torch.inference_mode():
+        want = fast(x_cl)[0]
+        with pytest.raises(RuntimeError, match='inside the block'):
+            with benchmark.conv_timer(plain), benchmark.depthwise_skipped():
+                raise RuntimeError('inside the block')
+        assert operations.conv_forward is original and model.conv_forward is original
+        assert not any(m._forward_hooks or m._forward_pre_hooks for m in plain.modules())
+        assert torch.equal(fast(x_cl)[0], want)
+
+
+def test_depthwise_skipped_runs_the_engine_without_its_depthwise_convs():
+    plain, fast, x, x_cl = _small_nets()
+    expected = _conv_counts(plain)
+    with torch.inference_mode():
+        want = fast(x_cl)[0]
+        with benchmark.conv_timer(fast) as (_, calls), benchmark.depthwise_skipped():
+            got = fast(x_cl)[0]
+    assert calls == {'1x1': expected['1x1'], 'depthwise': 0, 'other': 1}
+    assert got.shape == want.shape and (got - want).abs().max() > 1e-3  # a bound, not the model
