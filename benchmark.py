@@ -233,7 +233,10 @@ def main(argv=None) -> int:
     prefix = os.path.join(workdir, 'model.ckpt')
     print(f'making a random PNASNet-5 Large checkpoint ({config.num_conv_filters} filters) ...', flush=True)
     images = tf_reference.calibration_images(args.size, n=args.batch, seed=42)
-    tf_reference.make_random_checkpoint(prefix, config, seed=1, image_size=args.size)
+    # the aux head is not timed; it stays in the checkpoint where it fits, so that the default
+    # run's random weights (drawn in variable order) are the ones its figures were measured with
+    aux = model_mod.aux_kernel_size(config, args.size) >= 1
+    tf_reference.make_random_checkpoint(prefix, config, seed=1, aux=aux, image_size=args.size)
     import convert
     pth = os.path.join(workdir, 'large.pth')
     convert.convert(prefix, pth, check=False, log=lambda *a: None)

@@ -111,11 +111,10 @@ def infer_config(tensors: Dict[str, np.ndarray]) -> PNASNetConfig:
 
 def _image_size_for_aux(config: PNASNetConfig, kernel: int) -> int:
     """The training size the aux head's kernel implies: the preset's if it fits, else the smallest."""
-    from model import spatial_sizes
+    from model import aux_kernel_size
 
     def fits(size):
-        sizes = spatial_sizes(config, size)
-        return (sizes[1 + 2 + config.aux_cell_index] - 5) // 3 + 1 == kernel
+        return aux_kernel_size(config, size) == kernel
     for size in [config.image_size, 331, 224, 299, 323]:
         if fits(size):
             return size

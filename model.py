@@ -90,6 +90,13 @@ def spatial_sizes(config: PNASNetConfig, image_size: int) -> List[int]:
     return sizes
 
 
+def aux_kernel_size(config: PNASNetConfig, image_size: int) -> int:
+    """The aux head's last kernel at this input size: what TF-Slim's 5x5, stride-3 VALID pool
+    leaves of its cell's output (6 for Large at 331 px, 4 for Mobile at 224). Below 1 the aux head
+    does not fit the input."""
+    return (spatial_sizes(config, image_size)[1 + 2 + config.aux_cell_index] - 5) // 3 + 1
+
+
 class Cell(nn.Module):
     """A PNAS cell (TF-Slim NasNetABaseCell) built from one half of a genotype.
 
@@ -367,9 +374,7 @@ class NetworkImageNet(nn.Module):
         self.auxiliary_head = None
         if config.auxiliary and config.aux_cell_index is not None:
             self.aux_index = config.aux_cell_index + 2  # position in self.cells
-            sizes = spatial_sizes(config, config.image_size)
-            aux_in = sizes[1 + self.aux_index]
-            kernel = (aux_in - 5) // 3 + 1
+            kernel = aux_kernel_size(config, config.image_size)
             if kernel < 1:
                 raise ValueError(f'image_size {config.image_size} is too small for the auxiliary head')
             aux_C = self.cells[self.aux_index].multiplier * int(

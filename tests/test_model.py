@@ -25,6 +25,18 @@ def test_full_presets_have_the_checkpoint_parameter_counts():
     assert model.pnasnet5mobile(auxiliary=True).auxiliary_head.kernel_size == 4
 
 
+def test_aux_kernel_size_and_the_smallest_input_the_aux_head_fits():
+    large = PNASNetConfig.large(num_conv_filters=8)
+    assert model.aux_kernel_size(large, 331) == 6
+    assert model.aux_kernel_size(PNASNetConfig.mobile(), 224) == 4
+    smallest = min(n for n in range(model.MIN_IMAGE_SIZE, 400) if model.aux_kernel_size(large, n) >= 1)
+    assert model.spatial_sizes(large, smallest)[1 + 2 + large.aux_cell_index] == 5  # one 5x5 window
+    net = model.NetworkImageNet(PNASNetConfig.large(num_conv_filters=8, auxiliary=True, image_size=smallest))
+    assert net.auxiliary_head.kernel_size == 1
+    with pytest.raises(ValueError, match='too small for the auxiliary head'):
+        model.NetworkImageNet(PNASNetConfig.large(num_conv_filters=8, auxiliary=True, image_size=smallest - 1))
+
+
 def small(**kw):
     values = dict(num_conv_filters=8, num_cells=5, image_size=128, auxiliary=True)
     values.update(kw)
