@@ -33,6 +33,7 @@ import operations
 import utils
 
 CONV_KINDS = ('1x1', 'depthwise', 'other')
+BREAKDOWN_REPEATS = 3  # instrumented forwards per model after the rounds
 
 
 def rss_mb() -> float:
@@ -133,7 +134,7 @@ def conv_timer(net: torch.nn.Module):
             h.remove()
 
 
-def time_breakdown(net: torch.nn.Module, fn, repeats: int = 3) -> dict:
+def time_breakdown(net: torch.nn.Module, fn, repeats: int = BREAKDOWN_REPEATS) -> dict:
     """Milliseconds of one ``fn()`` (a forward of ``net``) by where they go: each kind of
     convolution, the rest (pools, ReLUs, adds, copies, Python), and the total; means over
     ``repeats`` instrumented calls (the timers add a little to each)."""
@@ -284,11 +285,13 @@ def main(argv=None) -> int:
     notes = []
     if timm is None and not args.no_timm:
         notes.append('timm is not installed: its rows are skipped (pip install timm)')
+    timm_nets = {}
     if timm is not None:
         t_nchw = timm.create_model('pnasnet5large', pretrained=False).eval().to(device)
-        t_cl = copy.deepcopy(t_nchw).to(memory_format=torch.channels_last)
+        timm_nets['timm_nchw'] = t_nchw
+        timm_nets['timm_channels_last'] = copy.deepcopy(t_nchw).to(memory_format=torch.channels_last)
         runners['timm_nchw'] = run(t_nchw, x)
-        runners['timm_channels_last'] = run(t_cl, x_cl)
+        runners['timm_channels_last'] = run(timm_nets['timm_channels_last'], x_cl)
     tf_net = None
     if not args.no_tf:
         tf_net = tf_reference.TFModel(prefix, config, args.size, args.size, threads=args.threads)
@@ -305,8 +308,7 @@ def main(argv=None) -> int:
                       key=lambda k: rates[k]['median'], default=None)
     breakdown = {'fp32': time_breakdown(fast, runners['fp32'])}
     if timm_layout:
-        breakdown[timm_layout] = time_breakdown(t_cl if timm_layout == 'timm_channels_last' else t_nchw,
-                                                runners[timm_layout])
+        breakdown[timm_layout] = time_breakdown(timm_nets[timm_layout], runners[timm_layout])
     pre = preprocess_rates(n=16, rounds=max(3, args.rounds))
 
     labels = {'fp32': 'this port, fp32 (engine, channels_last)',
@@ -399,7 +401,7 @@ def main(argv=None) -> int:
 
 
 def print_breakdown(breakdown: dict, labels: dict) -> None:
-    print(f'\nwhere one forward goes, ms (mean of 3 instrumented forwards after the rounds):')
+    print(f'\nwhere one forward goes, ms (mean of {BREAKDOWN_REPEATS} instrumented forwards after the rounds):')
     print(f'{"model":48s} {"1x1 convs":>9s} {"depthwise":>9s} {"other conv":>10s} {"the rest":>8s} {"total":>7s}')
     for name, ms in breakdown.items():
         print(f'{labels[name]:48s} {ms["1x1"]:9.0f} {ms["depthwise"]:9.0f} {ms["other"]:10.0f} '
