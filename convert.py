@@ -4,8 +4,11 @@
     python convert.py --checkpoint pnasnet-5_mobile_2017_12_13.tar.gz --output data/PNASNet-5_Mobile.pth
     python convert.py --self-test                        # the whole path on random checkpoints, offline
 
-The architecture (stem and cell widths, number of cells, classes, aux head) is read from the
-checkpoint's shapes. Every tensor is mapped with a shape assertion; then, as the original port did,
+When the checkpoint is not there, the official archive (``--url``; PNASNet-5 Large by default)
+is downloaded into the checkpoint's folder and unpacked there first; ``--no-download`` turns
+that off. The architecture (stem and cell widths, number of cells, classes, aux head) is read
+from the checkpoint's shapes. The published checkpoints lack the aux head's BatchNorms: their
+``proj``, ``Conv`` and ``FC`` are converted and those BNs initialised fresh. Every tensor is mapped with a shape assertion; then, as the original port did,
 (1) every model tensor of the checkpoint must have been used (bookkeeping variables such as
 ``global_step`` are listed and ignored) and nothing of the PyTorch model left unset, and (2) the
 logits of the PyTorch model and of ``tf_reference.py`` restored from the same checkpoint must agree
@@ -15,6 +18,7 @@ on a test image. Only then is the output written (atomically; an existing file i
 import argparse
 import dataclasses
 import glob
+import http.client
 import os
 import re
 import shutil
@@ -22,6 +26,9 @@ import sys
 import tarfile
 import tempfile
 import time
+import urllib.error
+import urllib.parse
+import urllib.request
 from typing import Dict, List, Optional, Tuple
 
 import numpy as np
@@ -32,6 +39,9 @@ import utils
 from model import MIN_IMAGE_SIZE, NetworkImageNet, PNASNetConfig, load_pretrained
 from operations import (Conv7x1x1x7, DilConv, FactorizedReduce, Identity, Pool, ReLUConvBN,
                         SepConv)
+# the aux head's BatchNorms, which the official release does not hold (tensorflow/models issues
+# 8643 and 3822): a checkpoint without all of them gets fresh ones
+from tf_reference import AUX_BN
 
 LOGIT_TOL = 1e-4  # absolute, on logits of unit scale; scaled by max|logit| when they are larger
 # Variables that training leaves in a checkpoint but that are not part of the network.
@@ -39,8 +49,132 @@ BOOKKEEPING = re.compile(r'(^global_step$)|(/(Momentum|RMSProp(_1)?|Adam(_1)?|Ex
                          r'|(^beta[12]_power$)|(^learning_rate$)')
 
 
+OFFICIAL_URLS = {
+    'large': 'http://download.tensorflow.org/models/pnasnet-5_large_2017_12_13.tar.gz',
+    'mobile': 'http://download.tensorflow.org/models/pnasnet-5_mobile_2017_12_13.tar.gz',
+}
+ARCHIVE_EXTENSIONS = ('.tar.gz', '.tgz', '.tar')
+
+
 class ConvertError(RuntimeError):
     """A problem the user can fix; the message names the file or tensor and what to do."""
+
+
+# --- fetching the official archive ----------------------------------------------------------------
+
+def checkpoint_present(path: str) -> bool:
+    """Whether ``path`` (prefix, folder or archive) already holds something to convert."""
+    if path.endswith(ARCHIVE_EXTENSIONS):
+        return os.path.isfile(path)
+    if os.path.isdir(path):
+        return bool(glob.glob(os.path.join(path, '**', '*.index'), recursive=True))
+    return os.path.exists(path + '.index')
+
+
+def download(url: str, dest: str, timeout: float = 60.0) -> None:
+    """Downloads ``url`` to ``dest`` with a progress bar: into a temporary file beside it, renamed
+    to ``dest`` only once every byte the server announced has arrived. On any failure nothing is
+    left behind and the error names the URL and the manual step."""
+    folder = os.path.dirname(os.path.abspath(dest))
+    name = os.path.basename(dest)
+    manual = (f'download it by hand into {folder} and unpack it there (tar xzf {name}), '
+              f'or pass --checkpoint')
+    made = []  # the folders this download creates, removed again if it fails
+    parent = folder
+    while not os.path.isdir(parent):
+        made.append(parent)
+        parent = os.path.dirname(parent)
+    try:
+        os.makedirs(folder, exist_ok=True)
+        fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.part', dir=folder)
+    except OSError as e:
+        raise ConvertError(f'cannot write the download of {url} to {folder} '
+                           f'({e.strerror or e}); {manual}') from None
+    try:
+        from tqdm import tqdm
+        with os.fdopen(fd, 'wb') as f:
+            request = urllib.request.Request(url, headers={'User-Agent': 'pnasnet-convert'})
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                length = response.headers.get('Content-Length', '')
+                total = int(length) if length.isdigit() else None
+                received = 0
+                with tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024, desc=name,
+                          file=sys.stderr, dynamic_ncols=True) as bar:
+                    while True:
+                        chunk = response.read(1 << 20)
+                        if not chunk:
+                            break
+                        f.write(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+                if total is not None and received != total:
+                    raise http.client.IncompleteRead(b'', total - received)
+        os.replace(tmp, dest)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        for path in made:
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+        if isinstance(e, urllib.error.HTTPError):
+            reason = f'HTTP {e.code} {e.reason}'
+        elif isinstance(e, urllib.error.URLError):
+            reason = f'offline or unreachable: {e.reason}'
+        elif isinstance(e, http.client.IncompleteRead):
+            reason = f'the connection broke off {e.expected} bytes before the end'
+        elif isinstance(e, (OSError, http.client.HTTPException, ValueError)):
+            reason = str(e) or type(e).__name__
+        else:  # KeyboardInterrupt and the like: the partial file is gone, the rest is Python's
+            raise
+        raise ConvertError(f'cannot download {url} ({reason}); {manual}') from None
+
+
+def unpack_checkpoint(archive: str, folder: str, prefix: Optional[str] = None) -> str:
+    """Unpacks the one checkpoint of ``archive`` into ``folder`` as ``prefix.index`` /
+    ``prefix.data-*`` (default: the archive's own name), via a temporary folder there (members
+    may only be plain files and folders inside it), never over a file that is already there.
+    Returns the prefix."""
+    tmp = tempfile.mkdtemp(prefix='.unpack-', dir=folder)
+    try:
+        source = resolve_checkpoint(archive, tmp)
+        prefix = prefix or os.path.join(folder, os.path.basename(source))
+        files = sorted(glob.glob(glob.escape(source) + '.data-*')) + [source + '.index']
+        targets = [prefix + f[len(source):] for f in files]
+        taken = [t for t in targets if os.path.exists(t)]
+        if taken:
+            raise ConvertError(f'{taken[0]} is already there without a complete checkpoint '
+                               f'beside it; move it away, or pass --checkpoint')
+        for f, t in zip(files, targets):  # the .index last: it is what says "a checkpoint"
+            os.replace(f, t)
+        return prefix
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fetch_checkpoint(checkpoint: str, url: str, log=print) -> None:
+    """Puts the archive at ``url`` where ``checkpoint`` expects a checkpoint: the archive itself
+    when ``checkpoint`` names one, else the checkpoint unpacked into its folder (the archive is
+    kept beside it, and a complete one already there is used instead of a new download)."""
+    name = os.path.basename(urllib.parse.urlparse(url).path) or 'checkpoint.tar.gz'
+    if checkpoint.endswith(ARCHIVE_EXTENSIONS):
+        log(f'{checkpoint} is not there: downloading {url}')
+        download(url, checkpoint)
+        return
+    if os.path.isdir(checkpoint):
+        folder, prefix = checkpoint, None
+    else:
+        folder, prefix = os.path.dirname(checkpoint) or '.', checkpoint
+    archive = os.path.join(folder, name)
+    if os.path.isfile(archive):
+        log(f'no checkpoint at {checkpoint}: unpacking {archive}, downloaded before')
+    else:
+        log(f'no checkpoint at {checkpoint}: downloading {url} into {folder}')
+        download(url, archive)
+    prefix = unpack_checkpoint(archive, folder, prefix)
+    log(f'unpacked {archive} as {prefix}.index/.data-* (the archive is kept; delete it to save '
+        f'{os.path.getsize(archive) / 2 ** 20:.0f} MiB)')
 
 
 # --- reading the checkpoint -----------------------------------------------------------------------
@@ -48,7 +182,7 @@ class ConvertError(RuntimeError):
 def resolve_checkpoint(path: str, workdir: str) -> str:
     """The checkpoint prefix for a prefix, a folder holding one checkpoint, or the official
     ``.tar.gz`` (unpacked into ``workdir``)."""
-    if path.endswith(('.tar.gz', '.tgz', '.tar')) and os.path.isfile(path):
+    if path.endswith(ARCHIVE_EXTENSIONS) and os.path.isfile(path):
         try:
             with tarfile.open(path) as tar:
                 tar.extractall(workdir, filter='data')
@@ -204,11 +338,31 @@ def tf_to_torch(value: np.ndarray, layout: str) -> np.ndarray:
     return value
 
 
+AUX_NOTES = {
+    'complete': 'aux head: proj, aux_bn0, Conv, aux_bn1 and FC from the checkpoint',
+    'release': 'aux head: proj, Conv and FC from the checkpoint; aux_bn0/aux_bn1 absent from it '
+               '(as in the official release), initialised fresh (gamma 1, beta 0, mean 0, var 1)',
+    'absent': 'aux head: none in the checkpoint, none converted',
+}
+
+
 def load_tf_weights(net: NetworkImageNet, tensors: Dict[str, np.ndarray]) -> Dict[str, list]:
-    """Copies the checkpoint into ``net``, asserting every shape; returns what was ignored."""
+    """Copies the checkpoint into ``net``, asserting every shape; returns what was ignored and
+    what became of the aux head (``'complete'``, ``'release'``: without its BatchNorms, which
+    then keep their fresh initialisation, or ``'absent'``)."""
     state = net.state_dict()
+    entries = name_map(net)
+    aux_bn = {tf_name for _, tf_name, _ in entries if AUX_BN.match(tf_name)}
+    # all of the aux BNs missing is the release's shape; some of them missing is a broken file
+    fresh = aux_bn if aux_bn and not aux_bn & set(tensors) else set()
+    if fresh:
+        for bn in (net.auxiliary_head.bn0, net.auxiliary_head.bn1):
+            bn.reset_parameters()
     used, assigned = set(), set()
-    for pt_key, tf_name, layout in name_map(net):
+    for pt_key, tf_name, layout in entries:
+        if tf_name in fresh:
+            assigned.add(pt_key)
+            continue
         if tf_name not in tensors:
             raise ConvertError(f'tensor {tf_name} (for {pt_key}) is missing from the checkpoint: '
                                f'it is not a PNASNet-5 checkpoint of the shape its other tensors '
@@ -232,7 +386,8 @@ def load_tf_weights(net: NetworkImageNet, tensors: Dict[str, np.ndarray]) -> Dic
         raise ConvertError(f'checkpoint tensor {unknown[0]} {list(tensors[unknown[0]].shape)} was '
                            f'not used ({len(unknown)} in all): the checkpoint holds more than a '
                            f'PNASNet-5 of this shape')
-    return {'used': sorted(used), 'bookkeeping': bookkeeping}
+    aux = 'absent' if net.auxiliary_head is None else 'release' if fresh else 'complete'
+    return {'used': sorted(used), 'bookkeeping': bookkeeping, 'aux_head': aux}
 
 
 # --- check (2): logits against the TensorFlow twin --------------------------------------------------
@@ -282,9 +437,12 @@ def _check_output(output: str, force: bool) -> None:
 
 
 def convert(checkpoint: str, output: str, force: bool = False, check: bool = True,
-            image_size: Optional[int] = None, log=print) -> dict:
-    """Converts ``checkpoint`` (prefix, folder or .tar.gz) to ``output``; returns a report."""
+            image_size: Optional[int] = None, log=print, url: Optional[str] = None) -> dict:
+    """Converts ``checkpoint`` (prefix, folder or .tar.gz) to ``output``; returns a report.
+    With ``url``, a checkpoint that is not there is first fetched from it (``fetch_checkpoint``)."""
     _check_output(output, force)
+    if url and not checkpoint_present(checkpoint):
+        fetch_checkpoint(checkpoint, url, log)
     workdir = tempfile.mkdtemp(prefix='pnasnet_convert_')
     try:
         prefix = resolve_checkpoint(checkpoint, workdir)
@@ -298,25 +456,31 @@ def convert(checkpoint: str, output: str, force: bool = False, check: bool = Tru
         log(f'check 1: all {len(report["used"])} model tensors used, all '
             f'{len(net.state_dict())} PyTorch tensors set; ignored bookkeeping: '
             f'{", ".join(report["bookkeeping"]) or "none"}')
+        log(AUX_NOTES[report['aux_head']])
         n_params = sum(p.numel() for n, p in net.named_parameters()
                        if not n.startswith('auxiliary_head.'))
         report['parameters'] = n_params
         if check:
             size = image_size or config.image_size
             t0 = time.time()
-            diffs = compare_with_tf(prefix, net, size, config.auxiliary and size == config.image_size)
+            # aux logits only where TF can compute them: the whole aux head is in the checkpoint
+            diffs = compare_with_tf(prefix, net, size,
+                                    report['aux_head'] == 'complete' and size == config.image_size)
             tol = LOGIT_TOL * max(1.0, diffs['logit_scale'])
             report['diffs'] = diffs
             log(f'check 2 at {size}px ({time.time() - t0:.0f}s): max|logits - TF| = '
                 f'{diffs["logits"]:.3g}, features {diffs["features"]:.3g}'
-                + (f', aux logits {diffs["aux_logits"]:.3g}' if 'aux_logits' in diffs else '')
+                + (f', aux logits {diffs["aux_logits"]:.3g}' if 'aux_logits' in diffs else
+                   ', aux logits not compared (no aux BatchNorm in the checkpoint)'
+                   if report['aux_head'] == 'release' else '')
                 + f' (tolerance {tol:.3g})')
             worst = max(v for k, v in diffs.items() if k != 'logit_scale')
             if not worst <= tol:
                 raise ConvertError(f'{prefix}: the converted model differs from TensorFlow by '
                                    f'{worst:.3g} (> {tol:.3g}); nothing was written')
         payload = {'config': config.to_dict(), 'state_dict': net.state_dict(),
-                   'source': {'checkpoint': os.path.basename(prefix), 'parameters': n_params}}
+                   'source': {'checkpoint': os.path.basename(prefix), 'parameters': n_params,
+                              'aux_head': AUX_NOTES[report['aux_head']]}}
         utils.write_atomic(output, lambda f: torch.save(payload, f))
         log(f'wrote {output} ({n_params:,} parameters without the aux head)')
         return report
@@ -325,34 +489,73 @@ def convert(checkpoint: str, output: str, force: bool = False, check: bool = Tru
 
 
 def self_test(log=print) -> bool:
-    """Random TF checkpoint -> convert -> compare, for a small Large- and a small Mobile-shaped
-    config (with an odd stem-cell width, as Mobile has), offline."""
+    """Random TF checkpoint -> convert -> compare, offline, for a small Large- and a small
+    Mobile-shaped config (with an odd stem-cell width, as Mobile has), each both with its whole
+    aux head and shaped as the release is (no aux BatchNorm): then the aux head must load for
+    fine-tuning with its convs and FC from the checkpoint and fresh BNs."""
     import tf_reference
     ok = True
-    cases = [('large-shaped', PNASNetConfig.large(num_conv_filters=8)),
-             ('mobile-shaped', PNASNetConfig.mobile(num_conv_filters=10))]
+    cases = [(f'{name}{" release" if release else ""}', cfg, release)
+             for name, cfg in (('large-shaped', PNASNetConfig.large(num_conv_filters=8)),
+                               ('mobile-shaped', PNASNetConfig.mobile(num_conv_filters=10)))
+             for release in (False, True)]
     with tempfile.TemporaryDirectory(prefix='pnasnet_selftest_') as tmp:
-        for name, cfg in cases:
-            prefix = os.path.join(tmp, name, 'model.ckpt')
-            tf_reference.make_random_checkpoint(prefix, cfg, seed=7)
-            out = os.path.join(tmp, name + '.pth')
+        for k, (name, cfg, release) in enumerate(cases):
+            prefix = os.path.join(tmp, str(k), 'model.ckpt')
+            if not release:
+                values, _ = tf_reference.make_random_checkpoint(prefix, cfg, seed=7)
+            else:  # the same weights, saved as the release is
+                values = {n: v for n, v in values.items() if not AUX_BN.match(n)}
+                tf_reference.write_checkpoint(prefix, {**values, 'global_step': np.int64(0)})
+            out = os.path.join(tmp, f'{k}.pth')
             report = convert(prefix, out, log=lambda *a: None)
             d = report['diffs']
-            net = load_pretrained(out)
-            ok_case = max(d['logits'], d['features'], d['aux_logits']) <= LOGIT_TOL
-            ok_case &= dataclasses.asdict(net.config)['num_conv_filters'] == cfg.num_conv_filters
+            worst = max(d['logits'], d['features'], d.get('aux_logits', 0.0))
+            ok_case = worst <= LOGIT_TOL and report['aux_head'] == ('release' if release else 'complete')
+            net = load_pretrained(out, auxiliary=True)
+            ok_case &= net.config.num_conv_filters == cfg.num_conv_filters
+            ok_case &= _aux_head_as_converted(net, values, release)
             ok &= ok_case
-            log(f'{name:14s} {cfg.image_size}px: max|d| logits {d["logits"]:.2e}, features '
-                f'{d["features"]:.2e}, aux logits {d["aux_logits"]:.2e} '
-                f'-> {"ok" if ok_case else "FAIL"}')
+            aux = f'aux logits {d["aux_logits"]:.2e}' if 'aux_logits' in d else 'aux BN fresh'
+            log(f'{name:22s} {cfg.image_size}px: max|d| logits {d["logits"]:.2e}, features '
+                f'{d["features"]:.2e}, {aux} -> {"ok" if ok_case else "FAIL"}')
     log('self-test ' + ('passed' if ok else 'FAILED'))
     return ok
+
+
+def _aux_head_as_converted(net: NetworkImageNet, values: Dict[str, np.ndarray], release: bool) -> bool:
+    """The loaded aux head holds the checkpoint's proj/Conv/FC, fresh BNs where the release
+    lacks them, and runs a training step's forward and backward."""
+    import tf_reference
+    head = net.auxiliary_head
+    scope = f'aux_{net.aux_index - 2}/aux_logits'
+    ok = np.array_equal(head.proj.weight.detach().numpy(),
+                        tf_to_torch(values[f'{scope}/proj/weights'], 'conv'))
+    ok &= np.array_equal(head.classifier.bias.detach().numpy(), values[f'{scope}/FC/biases'])
+    if release:
+        for bn in (head.bn0, head.bn1):
+            ok &= bool((bn.weight == 1).all() and (bn.bias == 0).all()
+                       and (bn.running_mean == 0).all() and (bn.running_var == 1).all())
+    net.train()
+    images = tf_reference.calibration_images(net.config.image_size, n=2, seed=3)
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    logits, logits_aux = net(x)
+    (logits.sum() + 0.4 * logits_aux.sum()).backward()
+    ok &= head.conv.weight.grad is not None and bool(torch.isfinite(logits_aux).all())
+    net.eval()
+    return bool(ok)
 
 
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--checkpoint', default='data/model.ckpt',
-                    help='TF checkpoint prefix, the folder holding it, or the official .tar.gz')
+                    help='TF checkpoint prefix, the folder holding it, or the official .tar.gz; '
+                         'downloaded from --url when it is not there')
+    ap.add_argument('--url', default=OFFICIAL_URLS['large'],
+                    help='the archive to download when the checkpoint is not there (default: '
+                         f'PNASNet-5 Large; Mobile\'s is {OFFICIAL_URLS["mobile"]})')
+    ap.add_argument('--no-download', action='store_true',
+                    help='never download: a missing checkpoint is an error')
     ap.add_argument('--output', default='data/PNASNet-5_Large.pth')
     ap.add_argument('--force', action='store_true', help='replace an existing output file')
     ap.add_argument('--image-size', type=utils.int_at_least(MIN_IMAGE_SIZE),
@@ -363,7 +566,8 @@ def main(argv=None) -> int:
     try:
         if args.self_test:
             return 0 if self_test() else 1
-        convert(args.checkpoint, args.output, force=args.force, image_size=args.image_size)
+        convert(args.checkpoint, args.output, force=args.force, image_size=args.image_size,
+                url=None if args.no_download else args.url)
         return 0
     except ConvertError as e:
         print(f'convert.py: error: {e}', file=sys.stderr)

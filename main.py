@@ -18,6 +18,7 @@ import torch
 import torch.distributed as dist
 
 import model as model_mod
+import operations
 import utils
 
 
@@ -32,7 +33,13 @@ def parse_args(argv=None):
                     help='DataLoader worker processes (0: load in the main process)')
     ap.add_argument('--device', choices=['auto', 'cuda', 'cpu'], default='auto')
     ap.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default='fp32',
-                    help='autocast precision; fp32 is the exact one')
+                    help='autocast precision; fp32 is the exact one. On a CPU without native '
+                         'bfloat16 (no AVX512_BF16 or AMX) bf16 is emulated and far slower than '
+                         'fp32, so main.py says so and runs fp32')
+    ap.add_argument('--tf32', action='store_true',
+                    help='CUDA only: let fp32 convolutions and matmuls use TF32 tensor cores. '
+                         'Faster on Ampere and later GPUs, but TF32 rounds the inputs to 10 '
+                         'mantissa bits and changes the logits, so it is off by default (exact fp32)')
     ap.add_argument('--preprocess', choices=['numpy', 'tf'], default='numpy',
                     help='numpy: the TF-exact reimplementation; tf: TensorFlow\'s own ops')
     ap.add_argument('--limit', type=utils.int_at_least(1),
@@ -63,6 +70,29 @@ def pick_device(name: str) -> torch.device:
     if name == 'auto':
         name = 'cuda' if torch.cuda.is_available() else 'cpu'
     return torch.device(name)
+
+
+def resolve_precision(device: torch.device, precision: str, warn=None) -> str:
+    """The precision to run: ``precision``, except bf16 on a CPU without native bfloat16, where
+    oneDNN emulates it an order of magnitude slower than fp32: then one warning line, and fp32."""
+    if precision == 'bf16' and device.type == 'cpu' and not operations.cpu_has_native_bf16():
+        (warn or _warn)('--precision bf16: this CPU has no native bfloat16 (oneDNN finds neither '
+                        'AVX512_BF16 nor AMX), so bf16 would run far slower than fp32; running '
+                        'fp32 instead (exact, and faster here)')
+        return 'fp32'
+    return precision
+
+
+def _warn(message: str) -> None:
+    print(f'main.py: warning: {message}', file=sys.stderr, flush=True)
+
+
+def setup_cuda(allow_tf32: bool) -> None:
+    """What fast GPU evaluation sets: cuDNN picks the fastest kernels for the fixed batch shape;
+    TF32 stays off unless asked for, since it changes fp32's logits."""
+    torch.backends.cudnn.benchmark = True
+    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
+    torch.backends.cudnn.allow_tf32 = allow_tf32
 
 
 def load_model(weights: str, device: torch.device, plain: bool = False) -> model_mod.NetworkImageNet:
@@ -99,24 +129,52 @@ def check_output_paths(args) -> None:
 # --- the evaluation --------------------------------------------------------------------------------
 
 def evaluate(net, samples, args, device, rank: int = 0, world: int = 1) -> dict:
-    """Runs this process's share of ``samples``; returns its per-image records and features."""
+    """Runs this process's share of ``samples``; returns its per-image records and features.
+
+    The loop never waits on the device for the batch it has just queued: each batch's top-5 (and
+    features) are copied to the host without blocking, and read only after the next batch has
+    been queued, so a GPU always has work while the host does its bookkeeping.
+    """
     mine = list(range(rank, len(samples), world))  # a strided split: no image twice, none missed
     dataset = utils.EvalDataset([samples[i] for i in mine], args.image_size, args.preprocess,
                                 skip_bad=True)
+    cuda = device.type == 'cuda'
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
-        pin_memory=device.type == 'cuda', persistent_workers=False)
+        pin_memory=cuda, persistent_workers=False)
+    channels_last = getattr(net, 'channels_last', False)
     records, feats, bad = [], [], []
-    c1 = c5 = seen = 0
+    counts = {'c1': 0, 'c5': 0, 'seen': 0}
     bar = None
     if rank == 0 and not args.no_progress:
         from tqdm import tqdm
         bar = tqdm(total=len(samples), unit='img', dynamic_ncols=True, file=sys.stderr)
     start = time.perf_counter()
+
+    def consume(batch) -> None:
+        top5, f, label, local, ok, done = batch
+        if done is not None:
+            done.synchronize()  # the copies of this batch, queued one batch ago
+        for j in range(len(label)):
+            if ok[j]:
+                records.append((mine[int(local[j])], int(label[j]), top5[j].tolist()))
+        if args.features:
+            feats.append((local[ok], f[ok]))
+        c1, c5 = utils.topk_hits(top5[ok], label[ok])
+        counts['c1'] += c1
+        counts['c5'] += c5
+        counts['seen'] += int(ok.sum())
+        if bar is not None:
+            seen = max(counts['seen'], 1)
+            bar.update(len(label) * world)
+            bar.set_postfix_str(f'Prec@1 {counts["c1"] / seen:.3f} Prec@5 {counts["c5"] / seen:.3f} '
+                                f'{counts["seen"] * world / (time.perf_counter() - start):.1f} img/s')
+
+    pending = None
     with torch.inference_mode():
         for x, label, local in loader:
             ok = label >= 0
-            if not bool(ok.all()):
+            if not bool(ok.all()):  # label comes from the loader: a host tensor, no device wait
                 for j in local[~ok].tolist():
                     path = samples[mine[j]][0]
                     if not args.skip_bad:
@@ -126,24 +184,22 @@ def evaluate(net, samples, args, device, rank: int = 0, world: int = 1) -> dict:
                             raise UserError(f'{e}; pass --skip-bad to skip such images') from None
                     bad.append(path)
             x = x.to(device, non_blocking=True)
-            if getattr(net, 'channels_last', False):
+            if channels_last:
                 x = x.contiguous(memory_format=torch.channels_last)
             with autocast(device, args.precision):
                 f = net.extract_features(x)
                 logits = net.forward_head(f)
-            logits = class_logits(logits.float()).cpu()
-            top5 = logits.topk(5, dim=1).indices
-            for j in range(len(label)):
-                if ok[j]:
-                    records.append((mine[int(local[j])], int(label[j]), top5[j].tolist()))
-            if args.features:
-                feats.append((local[ok], f.float().cpu()[ok]))
-            k1, k5 = utils.topk_correct(logits[ok], label[ok])
-            c1, c5, seen = c1 + k1, c5 + k5, seen + int(ok.sum())
-            if bar is not None:
-                bar.update(len(label) * world)
-                bar.set_postfix_str(f'Prec@1 {c1 / max(seen, 1):.3f} Prec@5 {c5 / max(seen, 1):.3f} '
-                                    f'{seen * world / (time.perf_counter() - start):.1f} img/s')
+            top5 = class_logits(logits.float()).topk(5, dim=1).indices.to('cpu', non_blocking=True)
+            f = f.float().to('cpu', non_blocking=True) if args.features else None
+            done = None
+            if cuda:
+                done = torch.cuda.Event()
+                done.record()
+            if pending is not None:
+                consume(pending)
+            pending = (top5, f, label, local, ok, done)
+        if pending is not None:
+            consume(pending)
     if bar is not None:
         bar.close()
     out = {'records': records, 'bad': bad, 'seconds': time.perf_counter() - start}
@@ -221,6 +277,10 @@ def run(args) -> int:
         check_output_paths(args)
         if device.type == 'cpu':
             utils.tune_cpu_allocator()
+        else:
+            setup_cuda(args.tf32)
+        args.precision = resolve_precision(device, args.precision,
+                                           warn=None if rank == 0 else (lambda message: None))
         net = load_model(args.weights, device, args.plain)
         if args.image_size is None:
             args.image_size = net.config.image_size

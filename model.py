@@ -21,7 +21,7 @@ import torch.nn.functional as F
 
 import genotypes as genotypes_mod
 from operations import (OPS, PADDING_MODES, FactorizedReduce, Identity, Pool, ReLUConvBN, Zero,
-                        batch_norm, conv_forward, drop_path, finish, fold_bn, fuse_op,
+                        batch_norm, conv_forward, cpu_kernels, drop_path, finish, fold_bn, fuse_op,
                         _format_of, max_pool_same)
 
 
@@ -270,8 +270,9 @@ class Cell(nn.Module):
             else:
                 # added (and rectified) in one pass that writes the concat slice
                 a, b = self._run_fused(first, states, pools), self._run_fused(second, states, pools)
-                if rect and dst is not None and dst.dtype == torch.float32:
-                    out = torch.ops.aten._add_relu.out(a, b, out=dst)  # PyTorch's: float32 only
+                if rect and dst is not None and dst.dtype == torch.float32 and cpu_kernels(dst):
+                    # one pass; aten has this kernel for the CPU (float32) only, not for CUDA
+                    out = torch.ops.aten._add_relu.out(a, b, out=dst)
                 else:
                     out = torch.add(a, b) if dst is None else torch.add(a, b, out=dst)
                     if rect:

@@ -464,22 +464,33 @@ class _PackCache(dict):
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
 
 
-def _onednn_bf16() -> bool:
+def cpu_has_native_bf16() -> bool:
+    """Whether oneDNN computes bfloat16 natively on this CPU (AVX512_BF16 or AMX). Without it
+    (AVX2-only CPUs, or ``ONEDNN_MAX_CPU_ISA=AVX2``) bf16 convolutions are emulated and run far
+    slower than float32."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 
 
-_ONEDNN_BF16 = _ONEDNN and _onednn_bf16()
+_ONEDNN_BF16 = _ONEDNN and cpu_has_native_bf16()
+
+
+def cpu_kernels(x: torch.Tensor) -> bool:
+    """Whether ``x`` may take the CPU-only kernels (oneDNN's fused convolutions, aten's
+    ``_add_relu``): it lives on the CPU and oneDNN is enabled. Everything else, CUDA included,
+    runs ops that every backend has; ``torch.backends.mkldnn.flags(enabled=False)`` sends a CPU
+    run down that same portable branch, which is how the tests audit it without a GPU."""
+    return x.device.type == 'cpu' and torch.backends.mkldnn.enabled
 
 
 def _onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]:
     """The dtype the oneDNN fused-conv path computes in, or None for F.conv2d: float32 for CPU
     inference, bfloat16 under CPU bf16 autocast (where oneDNN has bf16); not under autograd or
     torch.compile (which fuses on its own). F.conv2d gives the same numbers, unfused."""
-    if not (_ONEDNN and torch.backends.mkldnn.enabled and x.device.type == 'cpu'
-            and weight.dtype == torch.float32 and not torch.compiler.is_compiling()
+    if not (_ONEDNN and cpu_kernels(x) and weight.dtype == torch.float32
+            and not torch.compiler.is_compiling()
             and not (torch.is_grad_enabled() and (x.requires_grad or weight.requires_grad))):
         return None
     if torch.is_autocast_enabled('cpu'):

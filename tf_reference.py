@@ -12,6 +12,7 @@ weights for tests.
 """
 import argparse
 import os
+import re
 import sys
 from typing import Dict, Optional, Sequence, Tuple
 
@@ -21,6 +22,7 @@ import genotypes as genotypes_mod
 from model import PNASNetConfig
 
 BN_EPS = 1e-3
+AUX_BN = re.compile(r'^aux_\d+/aux_logits/aux_bn[01]/')  # absent from the published checkpoints
 TF_OP_NAMES = {  # TF-Slim's own names for the PNAS ops, used in variable scopes
     'sep_conv_3x3': 'separable_3x3', 'sep_conv_5x5': 'separable_5x5',
     'sep_conv_7x7': 'separable_7x7', 'dil_conv_3x3': 'dil_3x3', 'dil_conv_5x5': 'dil_5x5',
@@ -278,10 +280,13 @@ def calibration_images(size: int, n: int = 4, seed: int = 1) -> np.ndarray:
 
 def make_random_checkpoint(prefix: str, config: PNASNetConfig, seed: int = 0, aux: bool = True,
                            image_size: Optional[int] = None,
-                           eval_images: Sequence[np.ndarray] = ()) -> Tuple[dict, list]:
+                           eval_images: Sequence[np.ndarray] = (),
+                           release: bool = False) -> Tuple[dict, list]:
     """Writes a TF checkpoint with TF-Slim's names, random weights and BN statistics calibrated on
     smooth random images (so activations and logits stay near unit scale), plus a
-    ``global_step`` as the official files have.
+    ``global_step`` as the official files have. ``release``: shaped as the published files are,
+    without the aux head's BatchNorms (``aux_*/aux_logits/aux_bn0|1/*``), which are then left
+    out of the values returned too.
 
     ``eval_images`` (NHWC batches, of sizes whose aux head has the same kernel as
     ``image_size``'s) are run through the finished network in the same graph, which saves
@@ -318,7 +323,10 @@ def make_random_checkpoint(prefix: str, config: PNASNetConfig, seed: int = 0, au
                      {v.initial_value: values[v.op.name] for v in stat_vars})
             outputs = [sess.run(ends, {ph: batch}) for (ph, ends), batch in zip(towers, eval_images)]
             os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-            v1.train.Saver(model_vars + [step]).save(sess, prefix, write_meta_graph=False)
+            saved = [v for v in model_vars if not (release and AUX_BN.match(v.op.name))]
+            v1.train.Saver(saved + [step]).save(sess, prefix, write_meta_graph=False)
+    if release:
+        values = {name: value for name, value in values.items() if not AUX_BN.match(name)}
     return values, outputs
 
 
@@ -377,11 +385,14 @@ def main(argv=None):
     ap.add_argument('--cells', type=int, help='num_cells (default: the preset\'s)')
     ap.add_argument('--image-size', type=int, help='sets the aux head kernel (default: preset\'s)')
     ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--release', action='store_true',
+                    help='leave out the aux head\'s BatchNorms, as the published checkpoints do')
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in (('num_conv_filters', args.filters), ('num_cells', args.cells),
                                    ('image_size', args.image_size)) if v is not None}
     config = getattr(PNASNetConfig, args.preset)(**overrides)
-    values, _ = make_random_checkpoint(args.make_checkpoint, config, seed=args.seed)
+    values, _ = make_random_checkpoint(args.make_checkpoint, config, seed=args.seed,
+                                       release=args.release)
     print(f'wrote {args.make_checkpoint} ({len(values)} variables, '
           f'{sum(v.size for v in values.values()):,} numbers)')
     return 0

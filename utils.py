@@ -258,7 +258,10 @@ def int_at_least(low: int) -> Callable[[str], int]:
 
 def topk_correct(logits: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> List[int]:
     """Number of samples whose target is among the top-k logits, for each k."""
-    maxk = max(ks)
-    pred = logits.topk(maxk, dim=1).indices
+    return topk_hits(logits.topk(max(ks), dim=1).indices, target, ks)
+
+
+def topk_hits(pred: torch.Tensor, target: torch.Tensor, ks=(1, 5)) -> List[int]:
+    """``topk_correct`` from the predicted classes, best first ([N, max(ks)])."""
     hit = pred.eq(target.view(-1, 1))
     return [int(hit[:, :k].any(dim=1).sum()) for k in ks]

@@ -1,5 +1,6 @@
 """convert.py: the whole network against the TF twin at many sizes, and every user error."""
 import os
+import re
 import subprocess
 import sys
 import tarfile
@@ -107,8 +108,9 @@ def run_cli(*args):
 
 def test_missing_and_unreadable_checkpoints(tmp_path):
     status, err = run_cli('--checkpoint', str(tmp_path / 'nothing' / 'model.ckpt'),
-                          '--output', str(tmp_path / 'o.pth'))
+                          '--output', str(tmp_path / 'o.pth'), '--no-download')
     assert status == 1 and 'no checkpoint there' in err and 'README' in err
+    assert not (tmp_path / 'nothing').exists()
     (tmp_path / 'bad.ckpt.index').write_bytes(b'\0garbage' * 10)
     status, err = run_cli('--checkpoint', str(tmp_path / 'bad.ckpt'), '--output', str(tmp_path / 'o.pth'))
     assert status == 1 and 'cannot read the TF checkpoint' in err and 'bad.ckpt' in err
@@ -126,6 +128,14 @@ def test_missing_and_unreadable_checkpoints(tmp_path):
     (lambda v: v.update({'cell_1/extra/weights': np.zeros((3,), np.float32)}),
      'checkpoint tensor cell_1/extra/weights [3] was not used'),
     (lambda v: v.pop('conv0/weights'), 'tensor conv0/weights is missing: this is not a PNASNet-5'),
+    # one aux BN tensor missing is a broken file, not the release's shape (which lacks all eight)
+    (lambda v: v.pop('aux_5/aux_logits/aux_bn1/moving_variance'),
+     'tensor aux_5/aux_logits/aux_bn1/moving_variance (for auxiliary_head.bn1.running_var) is missing'),
+    (lambda v: [v.pop(k) for k in list(v) if k.startswith('aux_5/aux_logits/aux_bn')
+                or k == 'aux_5/aux_logits/proj/weights'],
+     'tensor aux_5/aux_logits/proj/weights (for auxiliary_head.proj.weight) is missing'),
+    (lambda v: v.pop('aux_5/aux_logits/Conv/weights'),
+     'checkpoint tensor aux_5/aux_logits/'),
 ])
 def test_checkpoint_of_another_network_names_the_tensor(small_checkpoint, tmp_path, edit, message):
     values = dict(small_checkpoint['values'])
@@ -158,3 +168,171 @@ def test_cli_error_has_no_traceback(tmp_path):
                           '--output', str(tmp_path / 'x.pth')], cwd=ROOT, capture_output=True, text=True)
     assert run.returncode == 1
     assert 'convert.py: error:' in run.stderr and 'Traceback' not in run.stderr
+
+
+# --- the checkpoint as published: no aux-head BatchNorm ---------------------------------------------
+
+TF_LOG_LINE = re.compile(r'^[IWEF]\d{4} |cpu_feature_guard|oneDNN custom operations|absl::|'
+                         r'rebuild TensorFlow|TF_ENABLE_ONEDNN_OPTS', re.M)
+RELEASE_NOTE = ('aux head: proj, Conv and FC from the checkpoint; aux_bn0/aux_bn1 absent from it '
+                '(as in the official release), initialised fresh (gamma 1, beta 0, mean 0, var 1)')
+
+
+def release_values(values):
+    return {k: v for k, v in values.items() if not re.match(r'aux_\d+/aux_logits/aux_bn[01]/', k)}
+
+
+def assert_release_aux_head(out, values):
+    """The aux head loads for fine-tuning: convs and FC as in the checkpoint, BNs fresh."""
+    net = model.load_pretrained(str(out), auxiliary=True)
+    head, scope = net.auxiliary_head, f'aux_{net.aux_index - 2}/aux_logits'
+    assert np.array_equal(head.proj.weight.detach().numpy(),
+                          values[f'{scope}/proj/weights'].transpose(3, 2, 0, 1))
+    assert np.array_equal(head.conv.weight.detach().numpy(),
+                          values[f'{scope}/Conv/weights'].transpose(3, 2, 0, 1))
+    assert np.array_equal(head.classifier.weight.detach().numpy(), values[f'{scope}/FC/weights'].T)
+    for bn in (head.bn0, head.bn1):
+        assert (bn.weight == 1).all() and (bn.bias == 0).all()
+        assert (bn.running_mean == 0).all() and (bn.running_var == 1).all()
+    net.train()
+    logits, logits_aux = net(torch.randn(2, 3, net.config.image_size, net.config.image_size))
+    assert logits_aux.shape == logits.shape == (2, net.config.num_classes)
+
+
+def test_release_shaped_large_checkpoint_converts_and_checks_against_tf(tmp_path, tf):
+    config = PNASNetConfig.large(num_conv_filters=8)
+    prefix = str(tmp_path / 'model.ckpt')
+    values, _ = tf_reference.make_random_checkpoint(prefix, config, seed=12, release=True)
+    assert not [k for k in values if '/aux_bn' in k] and 'aux_7/aux_logits/Conv/weights' in values
+    out, lines = tmp_path / 'large.pth', []
+    report = convert.convert(prefix, str(out), log=lines.append)
+    assert report['aux_head'] == 'release' and RELEASE_NOTE in lines
+    assert 'aux_logits' not in report['diffs']  # TF cannot compute them without the BNs
+    assert report['diffs']['logits'] < TOL and report['diffs']['features'] < TOL
+    assert torch.load(out, weights_only=True)['source']['aux_head'] == RELEASE_NOTE
+    assert_release_aux_head(out, values)
+    assert model.load_pretrained(str(out)).auxiliary_head is None
+
+
+def test_release_shaped_mobile_checkpoint_through_the_cli_without_tf_log_lines(small_checkpoint,
+                                                                               tmp_path):
+    values = release_values(small_checkpoint['values'])
+    prefix = str(tmp_path / 'release' / 'model.ckpt')
+    tf_reference.write_checkpoint(prefix, {**values, 'global_step': np.int64(0)})
+    out = tmp_path / 'mobile.pth'
+    env = {k: v for k, v in os.environ.items() if k != 'TF_CPP_MIN_LOG_LEVEL'}
+    run = subprocess.run([sys.executable, 'convert.py', '--checkpoint', prefix, '--output', str(out),
+                          '--no-download'], cwd=ROOT, capture_output=True, text=True, env=env)
+    assert run.returncode == 0, run.stderr[-2000:]
+    assert RELEASE_NOTE in run.stdout.splitlines()
+    check2 = [line for line in run.stdout.splitlines() if line.startswith('check 2')]
+    assert check2 and 'aux logits not compared' in check2[0]
+    assert not TF_LOG_LINE.search(run.stdout + run.stderr), run.stderr
+    assert_release_aux_head(out, values)
+    net = model.load_pretrained(str(out))
+    x = torch.from_numpy(small_checkpoint['images'].transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        d = np.abs(net(x)[0].numpy() - small_checkpoint['ends']['logits']).max()
+    assert d < TOL  # the classification network is the one of the complete checkpoint
+
+
+def test_checkpoint_without_any_aux_head(small_checkpoint, tmp_path):
+    values = {k: v for k, v in small_checkpoint['values'].items() if not k.startswith('aux_')}
+    prefix = str(tmp_path / 'noaux.ckpt')
+    tf_reference.write_checkpoint(prefix, values)
+    out, lines = tmp_path / 'noaux.pth', []
+    report = convert.convert(prefix, str(out), check=False, log=lines.append)
+    assert report['aux_head'] == 'absent' and convert.AUX_NOTES['absent'] in lines
+    assert model.load_pretrained(str(out)).auxiliary_head is None
+    with pytest.raises(model.CheckpointError, match='holds no auxiliary-head weights'):
+        model.load_pretrained(str(out), auxiliary=True)
+
+
+# --- the download, against a loopback server ------------------------------------------------------
+
+@pytest.fixture(scope='module')
+def archive_server(small_checkpoint, tmp_path_factory):
+    """A loopback HTTP server: /pnasnet.tar.gz is a generated archive of the small checkpoint,
+    /cut.tar.gz announces it whole but breaks off halfway, anything else is a 404."""
+    import http.server
+    import io
+    import threading
+    folder = os.path.dirname(small_checkpoint['prefix'])
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode='w:gz') as tar:
+        for name in sorted(os.listdir(folder)):
+            if name.startswith('model.ckpt'):
+                tar.add(os.path.join(folder, name), arcname=name)
+    body = buf.getvalue()
+
+    class Handler(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):
+            if self.path not in ('/pnasnet.tar.gz', '/cut.tar.gz'):
+                self.send_error(404)
+                return
+            self.send_response(200)
+            self.send_header('Content-Length', str(len(body)))
+            self.end_headers()
+            self.wfile.write(body if self.path == '/pnasnet.tar.gz' else body[:len(body) // 2])
+            self.wfile.flush()
+            self.close_connection = True
+
+        def log_message(self, *args):
+            pass
+
+    server = http.server.ThreadingHTTPServer(('127.0.0.1', 0), Handler)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    yield f'http://127.0.0.1:{server.server_address[1]}', body
+    server.shutdown()
+    server.server_close()
+
+
+def test_missing_checkpoint_is_downloaded_unpacked_and_converted(archive_server, tmp_path):
+    base, body = archive_server
+    folder = tmp_path / 'data'
+    status, err = run_cli('--checkpoint', str(folder / 'model.ckpt'), '--url', f'{base}/pnasnet.tar.gz',
+                          '--output', str(tmp_path / 'out.pth'))
+    assert status == 0, err
+    assert sorted(os.listdir(folder)) == ['model.ckpt.data-00000-of-00001', 'model.ckpt.index',
+                                          'pnasnet.tar.gz']
+    assert (folder / 'pnasnet.tar.gz').read_bytes() == body
+    assert model.load_pretrained(str(tmp_path / 'out.pth')).config.num_conv_filters == 10
+    # a missing archive path is downloaded as that archive
+    report = convert.convert(str(tmp_path / 'x' / 'mobile.tar.gz'), str(tmp_path / 'x.pth'),
+                             check=False, log=lambda *a: None, url=f'{base}/pnasnet.tar.gz')
+    assert report['aux_head'] == 'complete' and os.listdir(tmp_path / 'x') == ['mobile.tar.gz']
+
+
+@pytest.mark.parametrize('path, reason', [('/cut.tar.gz', 'the connection broke off'),
+                                          ('/nothing.tar.gz', 'HTTP 404'),
+                                          (None, 'offline or unreachable')])
+def test_failed_download_names_the_url_and_leaves_nothing(archive_server, tmp_path, path, reason):
+    import socket
+    if path is None:  # a port nobody listens on
+        with socket.socket() as s:
+            s.bind(('127.0.0.1', 0))
+            url = f'http://127.0.0.1:{s.getsockname()[1]}/pnasnet.tar.gz'
+    else:
+        url = archive_server[0] + path
+    folder = tmp_path / 'data'
+    status, err = run_cli('--checkpoint', str(folder / 'model.ckpt'), '--url', url,
+                          '--output', str(tmp_path / 'out.pth'))
+    last = err.strip().splitlines()[-1].split('\r')[-1]
+    assert status == 1 and 'Traceback' not in err
+    assert last.startswith(f'convert.py: error: cannot download {url} ({reason}')
+    assert 'by hand' in last and '--checkpoint' in last
+    assert not os.path.exists(folder)  # the folder it made is gone again, with nothing in it
+    assert not (tmp_path / 'out.pth').exists()
+
+
+def test_unpacking_never_replaces_a_file_that_is_there(archive_server, tmp_path):
+    folder = tmp_path / 'data'
+    folder.mkdir()
+    mine = folder / 'model.ckpt.data-00000-of-00001'
+    mine.write_bytes(b'mine')
+    status, err = run_cli('--checkpoint', str(folder / 'model.ckpt'),
+                          '--url', archive_server[0] + '/pnasnet.tar.gz', '--output', str(tmp_path / 'o.pth'))
+    assert status == 1 and f'{mine} is already there' in err
+    assert mine.read_bytes() == b'mine' and not (folder / 'model.ckpt.index').exists()
+    assert sorted(os.listdir(folder)) == ['model.ckpt.data-00000-of-00001', 'pnasnet.tar.gz']

@@ -54,3 +54,8 @@ def test_int_at_least_refuses_with_the_reason():
         parse('2')
     with pytest.raises(argparse.ArgumentTypeError, match="'3.5' is not a whole number"):
         parse('3.5')
+
+
+def test_topk_hits_counts_from_predicted_classes():
+    pred = torch.tensor([[3, 1, 2], [0, 2, 1], [2, 0, 1]])
+    assert utils.topk_hits(pred, torch.tensor([3, 2, 1]), ks=(1, 2, 3)) == [1, 2, 3]
