@@ -266,10 +266,15 @@ def main(argv=None) -> int:
     peak = {'fast_fp32_forward_rss_growth_mb': rss_mb() - rss0}
     if device.type == 'cuda':
         peak['cuda_max_allocated_mb'] = torch.cuda.max_memory_allocated() / 2 ** 20
-    bf16 = torch.bfloat16
-    logits_bf16 = run(fast, x_cl, bf16)().float().cpu().numpy()
-
-    runners = {'fp32': run(fast, x_cl), 'bf16': run(fast, x_cl, bf16), 'plain_fp32': run(plain, x)}
+    notes = []
+    runners = {'fp32': run(fast, x_cl), 'plain_fp32': run(plain, x)}
+    logits_bf16 = None
+    if device.type == 'cuda' or operations.cpu_has_native_bf16():
+        runners['bf16'] = run(fast, x_cl, torch.bfloat16)
+        logits_bf16 = runners['bf16']().float().cpu().numpy()
+    else:
+        notes.append('bf16 skipped: this CPU has no native bfloat16 (oneDNN finds neither '
+                     'AVX512_BF16 nor AMX), where bf16 runs an order of magnitude slower than fp32')
     if device.type == 'cuda':
         runners['fp16'] = run(fast, x_cl, torch.float16)
     if args.compile:
@@ -282,7 +287,6 @@ def main(argv=None) -> int:
             with depthwise_skipped():
                 return fp32()
         runners['fp32_no_depthwise'] = fp32_without_depthwise
-    notes = []
     if timm is None and not args.no_timm:
         notes.append('timm is not installed: its rows are skipped (pip install timm)')
     timm_nets = {}
@@ -325,17 +329,18 @@ def main(argv=None) -> int:
     timm_best = rates[timm_layout]['median'] if timm_layout else None
     paired = {peer: per_round_ratios(times, 'fp32', key) for peer, key in
               (('timm_best', timm_layout), ('tf', 'tf_fp32')) if key in rates}
-    bf16_agrees = logits_bf16.argmax(1) == logits_fp32.argmax(1)
+    bf16_agrees = None if logits_bf16 is None else logits_bf16.argmax(1) == logits_fp32.argmax(1)
     result = {
-        'fp32_img_s': base, 'bf16_img_s': rates['bf16']['median'],
+        'fp32_img_s': base, 'bf16_img_s': rates['bf16']['median'] if 'bf16' in rates else None,
         'plain_fp32_img_s': rates['plain_fp32']['median'],
         'tf_fp32_img_s': rates['tf_fp32']['median'] if 'tf_fp32' in rates else None,
         'timm_best_img_s': timm_best,
         'preprocess_img_s': pre['numpy']['median'], 'tf_preprocess_img_s': pre['tf']['median'],
         'max_abs_logit_diff_fast_vs_plain': float(np.abs(logits_fp32 - logits_plain).max()),
-        'bf16_same_top1_as_fp32': bool(bf16_agrees.all()),
-        'bf16_top1_agreements': int(bf16_agrees.sum()),
-        'bf16_max_abs_logit_diff': float(np.abs(logits_bf16 - logits_fp32).max()),
+        'bf16_same_top1_as_fp32': None if bf16_agrees is None else bool(bf16_agrees.all()),
+        'bf16_top1_agreements': None if bf16_agrees is None else int(bf16_agrees.sum()),
+        'bf16_max_abs_logit_diff': (None if logits_bf16 is None
+                                    else float(np.abs(logits_bf16 - logits_fp32).max())),
         'fp32_top1_margins': [float(m) for m in top1_margins(logits_fp32)],
         'fp32_over_timm_best_per_round': paired.get('timm_best'),
         'fp32_over_tf_per_round': paired.get('tf'),
@@ -367,15 +372,17 @@ def main(argv=None) -> int:
         print(f'fp32 / timm best layout: {base / timm_best:.2f}x' + per_round('timm_best'))
     if result['tf_fp32_img_s']:
         print(f'fp32 / TF graph: {base / result["tf_fp32_img_s"]:.2f}x' + per_round('tf')
-              + f'; bf16 / TF graph fp32: {result["bf16_img_s"] / result["tf_fp32_img_s"]:.2f}x')
+              + (f'; bf16 / TF graph fp32: {result["bf16_img_s"] / result["tf_fp32_img_s"]:.2f}x'
+                 if result['bf16_img_s'] else ''))
         print(f'max |logits - TF| (fp32 fast path): {result["max_abs_logit_diff_vs_tf"]:.3g}'
               + (f'; torch.compile: {result["compiled_max_abs_logit_diff_vs_tf"]:.3g}'
                  if 'compiled_max_abs_logit_diff_vs_tf' in result else ''))
-    print(f'bf16 top-1 equals fp32 top-1 on {result["bf16_top1_agreements"]} of the {args.batch} '
-          f'reference images; bf16 logits differ from fp32 by up to '
-          f'{result["bf16_max_abs_logit_diff"]:.3g}, fp32 top-1 margins '
-          + ', '.join(f'{m:.3g}' for m in result['fp32_top1_margins'])
-          + ' (random weights: a margin below the bf16 difference can flip)')
+    if bf16_agrees is not None:
+        print(f'bf16 top-1 equals fp32 top-1 on {result["bf16_top1_agreements"]} of the '
+              f'{args.batch} reference images; bf16 logits differ from fp32 by up to '
+              f'{result["bf16_max_abs_logit_diff"]:.3g}, fp32 top-1 margins '
+              + ', '.join(f'{m:.3g}' for m in result['fp32_top1_margins'])
+              + ' (random weights: a margin below the bf16 difference can flip)')
     print_breakdown(breakdown, labels)
     if 'fp32_no_depthwise_over_timm_best' in result:
         r = result['fp32_no_depthwise_over_timm_best_per_round']

@@ -34,8 +34,9 @@ def parse_args(argv=None):
     ap.add_argument('--device', choices=['auto', 'cuda', 'cpu'], default='auto')
     ap.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default='fp32',
                     help='autocast precision; fp32 is the exact one. On a CPU without native '
-                         'bfloat16 (no AVX512_BF16 or AMX) bf16 is emulated and far slower than '
-                         'fp32, so main.py says so and runs fp32')
+                         'bfloat16 (AVX512_BF16 or AMX) bf16 is emulated and far slower than '
+                         'fp32, and likewise fp16 without AVX512_FP16: main.py then says so and '
+                         'runs fp32')
     ap.add_argument('--tf32', action='store_true',
                     help='CUDA only: let fp32 convolutions and matmuls use TF32 tensor cores. '
                          'Faster on Ampere and later GPUs, but TF32 rounds the inputs to 10 '
@@ -72,14 +73,21 @@ def pick_device(name: str) -> torch.device:
     return torch.device(name)
 
 
+CPU_NATIVE = {'bf16': ('bfloat16', 'AVX512_BF16 nor AMX', 'cpu_has_native_bf16'),
+              'fp16': ('float16', 'AVX512_FP16 nor AMX-FP16', 'cpu_has_native_fp16')}
+
+
 def resolve_precision(device: torch.device, precision: str, warn=None) -> str:
-    """The precision to run: ``precision``, except bf16 on a CPU without native bfloat16, where
-    oneDNN emulates it an order of magnitude slower than fp32: then one warning line, and fp32."""
-    if precision == 'bf16' and device.type == 'cpu' and not operations.cpu_has_native_bf16():
-        (warn or _warn)('--precision bf16: this CPU has no native bfloat16 (oneDNN finds neither '
-                        'AVX512_BF16 nor AMX), so bf16 would run far slower than fp32; running '
-                        'fp32 instead (exact, and faster here)')
-        return 'fp32'
+    """The precision to run: ``precision``, except bf16 or fp16 on a CPU that lacks it natively,
+    where oneDNN emulates it an order of magnitude slower than fp32: then one warning line, and
+    fp32."""
+    if device.type == 'cpu' and precision in CPU_NATIVE:
+        dtype, units, native = CPU_NATIVE[precision]
+        if not getattr(operations, native)():
+            (warn or _warn)(f'--precision {precision}: this CPU has no native {dtype} (oneDNN '
+                            f'finds neither {units}), where {precision} runs an order of '
+                            f'magnitude slower than fp32; running fp32 instead (exact, and faster)')
+            return 'fp32'
     return precision
 
 

@@ -466,10 +466,18 @@ _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_c
 
 def cpu_has_native_bf16() -> bool:
     """Whether oneDNN computes bfloat16 natively on this CPU (AVX512_BF16 or AMX). Without it
-    (AVX2-only CPUs, or ``ONEDNN_MAX_CPU_ISA=AVX2``) bf16 convolutions are emulated and run far
-    slower than float32."""
+    (AVX2-only CPUs, or ``ONEDNN_MAX_CPU_ISA=AVX2``) bf16 convolutions are emulated and run an
+    order of magnitude slower than float32."""
     try:
         return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+    except (AttributeError, RuntimeError):
+        return False
+
+
+def cpu_has_native_fp16() -> bool:
+    """Likewise for float16 (AVX512_FP16 or AMX-FP16), which most CPUs lack."""
+    try:
+        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
     except (AttributeError, RuntimeError):
         return False
 

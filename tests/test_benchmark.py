@@ -101,3 +101,23 @@ def test_depthwise_skipped_runs_the_engine_without_its_depthwise_convs():
             got = fast(x_cl)[0]
     assert calls == {'1x1': expected['1x1'], 'depthwise': 0, 'other': 1}
     assert got.shape == want.shape and (got - want).abs().max() > 1e-3  # a bound, not the model
+
+
+def test_benchmark_skips_bf16_on_a_cpu_without_it_and_says_why(tmp_path):
+    """One small run end to end (no TF, no timm); ONEDNN_MAX_CPU_ISA=AVX2 hides native bf16."""
+    import json
+    import os
+    import subprocess
+    import sys
+    root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+    out = tmp_path / 'bench.json'
+    run = subprocess.run([sys.executable, 'benchmark.py', '--size', '64', '--batch', '1',
+                          '--rounds', '1', '--no-tf', '--no-timm', '--device', 'cpu',
+                          '--json', str(out)], cwd=root, capture_output=True, text=True,
+                         env=dict(os.environ, ONEDNN_MAX_CPU_ISA='AVX2'), timeout=600)
+    assert run.returncode == 0, run.stderr[-2000:]
+    result = json.loads(out.read_text())
+    assert result['bf16_img_s'] is None and 'bf16' not in result['rates']
+    assert result['fp32_img_s'] > 0 and result['max_abs_logit_diff_fast_vs_plain'] < 1e-4
+    assert any(n.startswith('bf16 skipped: this CPU has no native bfloat16') for n in result['notes'])
+    assert 'bf16 autocast' not in run.stdout and 'note: bf16 skipped' in run.stdout

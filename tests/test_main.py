@@ -191,3 +191,29 @@ def test_compile_option_compiles_the_fast_path_for_the_device(valdir, weights, m
                               '--limit', '4', '--compile', '--device', 'cpu')
     assert status == 0 and calls == [('extract_features', 'cpu')]
     assert out.strip().splitlines()[-1].startswith('Test: [4/4]\tPrec@1 ')
+
+
+def test_low_precision_on_a_cpu_without_it_warns_once_and_runs_fp32(valdir, weights, tmp_path):
+    """ONEDNN_MAX_CPU_ISA=AVX2 makes oneDNN see a CPU without native bf16, as AVX2-only CPUs are."""
+    env = dict(os.environ, ONEDNN_MAX_CPU_ISA='AVX2')
+    run = subprocess.run([sys.executable, 'main.py', '--valdir', valdir, '--weights', weights,
+                          '--workers', '0', '--limit', '3', '--device', 'cpu', '--precision', 'bf16',
+                          '--no-progress', '--output', str(tmp_path / 'r.json')],
+                         cwd=ROOT, capture_output=True, text=True, env=env, timeout=300)
+    assert run.returncode == 0, run.stderr[-2000:]
+    warnings = [line for line in run.stderr.splitlines() if line.startswith('main.py: warning:')]
+    assert len(warnings) == 1 and 'no native bfloat16' in warnings[0] and 'fp32' in warnings[0]
+    assert json.loads((tmp_path / 'r.json').read_text())['settings']['precision'] == 'fp32'
+    assert run.stdout.strip().splitlines()[-1].startswith('Test: [3/3]\tPrec@1 ')
+
+
+@pytest.mark.parametrize('precision, native', [('bf16', True), ('bf16', False), ('fp16', False),
+                                               ('fp32', False)])
+def test_resolve_precision_keeps_what_the_cpu_has(monkeypatch, precision, native):
+    monkeypatch.setattr(main.operations, 'cpu_has_native_bf16', lambda: native)
+    monkeypatch.setattr(main.operations, 'cpu_has_native_fp16', lambda: native)
+    said = []
+    got = main.resolve_precision(torch.device('cpu'), precision, warn=said.append)
+    expected = precision if native or precision == 'fp32' else 'fp32'
+    assert got == expected and len(said) == (expected != precision)
+    assert main.resolve_precision(torch.device('cuda'), precision, warn=said.append) == precision
