@@ -8,6 +8,10 @@ sys.path.insert(0, ROOT)
 os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
 
 import torch  # noqa: E402
+# now, before any test imports TensorFlow: torch._dynamo loads triton, whose native library
+# crashes the process when it is loaded after TensorFlow's (torch.load under a dispatch mode, or
+# torch.compile, import it late otherwise)
+import torch._dynamo  # noqa: E402,F401
 
 torch.manual_seed(0)
 

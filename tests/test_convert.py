@@ -336,3 +336,16 @@ def test_unpacking_never_replaces_a_file_that_is_there(archive_server, tmp_path)
     assert status == 1 and f'{mine} is already there' in err
     assert mine.read_bytes() == b'mine' and not (folder / 'model.ckpt.index').exists()
     assert sorted(os.listdir(folder)) == ['model.ckpt.data-00000-of-00001', 'pnasnet.tar.gz']
+
+
+def test_an_archive_that_writes_outside_its_folder_is_refused(tmp_path):
+    import io
+    archive = tmp_path / 'evil.tar.gz'
+    with tarfile.open(archive, 'w:gz') as tar:
+        info = tarfile.TarInfo('../escaped.txt')
+        info.size = 4
+        tar.addfile(info, io.BytesIO(b'evil'))
+    (tmp_path / 'data').mkdir()
+    with pytest.raises(convert.ConvertError, match='cannot unpack the archive'):
+        convert.unpack_checkpoint(str(archive), str(tmp_path / 'data'))
+    assert not (tmp_path / 'escaped.txt').exists() and os.listdir(tmp_path / 'data') == []

@@ -217,3 +217,18 @@ def test_resolve_precision_keeps_what_the_cpu_has(monkeypatch, precision, native
     expected = precision if native or precision == 'fp32' else 'fp32'
     assert got == expected and len(said) == (expected != precision)
     assert main.resolve_precision(torch.device('cuda'), precision, warn=said.append) == precision
+
+
+def test_cuda_settings_for_fast_exact_evaluation():
+    saved = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+             torch.backends.cudnn.allow_tf32)
+    try:
+        main.setup_cuda(allow_tf32=False)
+        assert torch.backends.cudnn.benchmark is True
+        assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
+        main.setup_cuda(allow_tf32=True)
+        assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
+    finally:
+        (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
+         torch.backends.cudnn.allow_tf32) = saved
+    assert main.parse_args([]).tf32 is False and main.parse_args(['--tf32']).tf32 is True
