@@ -10,13 +10,15 @@ load of a shared machine falls on all of them alike. What matters is the ratio c
 
 After the rounds it splits one forward of this port's fp32 engine and of timm's faster layout into
 1x1 convolutions, depthwise convolutions, other convolutions and the rest, and prints the most that
-fp32 / timm could reach if everything but this port's 1x1 convolutions took no time. ``--bounds``
-also times the engine with its depthwise convolutions skipped (its logits are wrong: it bounds
-what any depthwise kernel could give).
+fp32 / timm could reach if everything but this port's 1x1 convolutions took no time.
+
+``main`` is thin: ``build`` makes the models and the runners, ``timed_rounds`` measures them,
+``collect`` assembles the result dict (the ``--json`` keys), ``report`` prints it.
 """
 import argparse
 import contextlib
 import copy
+import dataclasses
 import os
 import platform
 import resource
@@ -28,8 +30,8 @@ import time
 import numpy as np
 import torch
 
+import engine
 import model as model_mod
-import operations
 import utils
 
 CONV_KINDS = ('1x1', 'depthwise', 'other')
@@ -86,50 +88,39 @@ def conv_kind(conv: torch.nn.Conv2d) -> str:
     return '1x1' if tuple(conv.kernel_size) == (1, 1) else 'other'
 
 
-def _patch_conv_forward(fn):
-    """Makes this port's engine call ``fn`` for every convolution (model.py and operations.py
-    each hold the name); returns the original. Only for measuring: restore it when done."""
-    original = operations.conv_forward
-    operations.conv_forward = model_mod.conv_forward = fn
-    return original
-
-
 @contextlib.contextmanager
 def conv_timer(net: torch.nn.Module):
     """Seconds spent in each kind of ``net``'s convolutions (``CONV_KINDS``) inside the block,
-    and the number of calls. This port's engine calls ``operations.conv_forward`` (wrapped here
-    for the block); other models, timm's among them, run a Conv2d's forward (hooked here, its
-    padding included). Everything is put back when the block ends."""
+    and the number of calls. An ``engine.InferenceModel`` reports its convolutions through its
+    ConvRunner's observer; other models, timm's among them, run a Conv2d's forward (hooked here,
+    its padding included). Everything is put back when the block ends."""
     seconds = dict.fromkeys(CONV_KINDS, 0.0)
     calls = dict.fromkeys(CONV_KINDS, 0)
     started = {}
 
-    def record(conv, t0):
+    def record(conv, elapsed):
         kind = conv_kind(conv)
-        seconds[kind] += time.perf_counter() - t0
+        seconds[kind] += elapsed
         calls[kind] += 1
-
-    def timed_conv_forward(conv, x, *args, **kwargs):
-        t0 = time.perf_counter()
-        out = original(conv, x, *args, **kwargs)
-        record(conv, t0)
-        return out
 
     def before(conv, inputs):
         started[conv] = time.perf_counter()
 
     def after(conv, inputs, output):
-        record(conv, started.pop(conv))
+        record(conv, time.perf_counter() - started.pop(conv))
 
     handles = []
-    for m in net.modules():
-        if isinstance(m, torch.nn.Conv2d):
-            handles += [m.register_forward_pre_hook(before), m.register_forward_hook(after)]
-    original = _patch_conv_forward(timed_conv_forward)
+    if isinstance(net, engine.InferenceModel):
+        net.conv.observer = record
+    else:
+        for m in net.modules():
+            if isinstance(m, torch.nn.Conv2d):
+                handles += [m.register_forward_pre_hook(before), m.register_forward_hook(after)]
     try:
         yield seconds, calls
     finally:
-        _patch_conv_forward(original)
+        if isinstance(net, engine.InferenceModel):
+            net.conv.observer = None
         for h in handles:
             h.remove()
 
@@ -145,28 +136,10 @@ def time_breakdown(net: torch.nn.Module, fn, repeats: int = BREAKDOWN_REPEATS) -
             fn()
             total += time.perf_counter() - t0
     ms = {kind: 1e3 * seconds[kind] / repeats for kind in CONV_KINDS}
-    ms['rest'] = 1e3 * total / repeats - sum(ms.values())
     ms['total'] = 1e3 * total / repeats
+    ms['rest'] = ms['total'] - sum(ms[kind] for kind in CONV_KINDS)
     ms['calls'] = {kind: calls[kind] // repeats for kind in CONV_KINDS}
     return ms
-
-
-@contextlib.contextmanager
-def depthwise_skipped():
-    """Inside the block this port's engine skips its depthwise convolutions (each hands on its
-    input, subsampled where it has a stride): not a model, its logits are wrong; it bounds what
-    any depthwise kernel, however fast, could give the engine."""
-    def conv_forward(conv, x, *args, **kwargs):
-        if conv_kind(conv) != 'depthwise':
-            return original(conv, x, *args, **kwargs)
-        stride = kwargs.get('stride') or conv.stride[0]
-        return x if stride == 1 else x[:, :, ::stride, ::stride]
-
-    original = _patch_conv_forward(conv_forward)
-    try:
-        yield
-    finally:
-        _patch_conv_forward(original)
 
 
 def preprocess_rates(n: int, rounds: int) -> dict:
@@ -198,7 +171,15 @@ def preprocess_rates(n: int, rounds: int) -> dict:
     return {k: summary(v) for k, v in times.items()}
 
 
-def main(argv=None) -> int:
+LABELS = {'fp32': 'this port, fp32 (engine, channels_last)',
+          'bf16': 'this port, bf16 autocast', 'fp16': 'this port, fp16 autocast',
+          'compiled_fp32': 'this port, fp32, torch.compile (freezing)',
+          'plain_fp32': 'this port, fp32, unfused NCHW',
+          'timm_nchw': 'timm pnasnet5large, NCHW', 'timm_channels_last': 'timm pnasnet5large, channels_last',
+          'tf_fp32': 'TF-Slim graph (tf_reference), fp32 NHWC'}
+
+
+def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--batch', type=utils.int_at_least(1), default=4)
     ap.add_argument('--size', type=utils.int_at_least(model_mod.MIN_IMAGE_SIZE), default=331)
@@ -208,12 +189,178 @@ def main(argv=None) -> int:
     ap.add_argument('--compile', action='store_true', help='also time torch.compile of the fast path')
     ap.add_argument('--no-tf', action='store_true')
     ap.add_argument('--no-timm', action='store_true')
-    ap.add_argument('--bounds', action='store_true',
-                    help='also time the fp32 engine with its depthwise convolutions skipped (wrong '
-                         'logits: an upper bound on what a faster depthwise kernel could give)')
     ap.add_argument('--json', help='write the figures here')
-    args = ap.parse_args(argv)
+    return ap.parse_args(argv)
 
+
+@dataclasses.dataclass
+class Bench:
+    """What ``build`` makes: the runners (name -> one timed forward of the batch), the models
+    that the breakdown splits, the reference logits, and the notes for the report."""
+    runners: dict
+    models: dict
+    logits: dict
+    notes: list
+    memory: dict
+    tf_net: object = None
+
+
+def _forward(net, inp, device, dtype=None):
+    def fn():
+        with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
+                                                    enabled=dtype is not None):
+            out = net(inp)[0]
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+        return out
+    return fn
+
+
+def build(args, device, timm, workdir: str) -> Bench:
+    """A random PNASNet-5 Large checkpoint, converted; this port's runners (fp32 engine, bf16
+    where the device has it natively, plain NCHW, fp16 on CUDA, torch.compile if asked), timm's
+    two layouts and the TF graph, each with its logits of the batch."""
+    import convert
+    import tf_reference
+    config = model_mod.PNASNetConfig.large(image_size=args.size)
+    prefix = os.path.join(workdir, 'model.ckpt')
+    print(f'making a random PNASNet-5 Large checkpoint ({config.num_conv_filters} filters) ...', flush=True)
+    images = tf_reference.calibration_images(args.size, n=args.batch, seed=42)
+    # the aux head is not timed; it stays in the checkpoint where it fits, so that the default
+    # run's random weights (drawn in variable order) are the ones its figures were measured with
+    aux = model_mod.aux_kernel_size(config, args.size) >= 1
+    tf_reference.make_random_checkpoint(prefix, config, seed=1, aux=aux, image_size=args.size)
+    pth = os.path.join(workdir, 'large.pth')
+    convert.convert(prefix, pth, check=False, log=lambda *a: None)
+
+    plain = model_mod.load_pretrained(pth).to(device)
+    fast = engine.InferenceModel(plain)
+    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    runners = {'fp32': _forward(fast, x_cl, device), 'plain_fp32': _forward(plain, x, device)}
+    rss0 = rss_mb()
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+    logits = {'fp32': runners['fp32']().float().cpu().numpy()}
+    memory = {'fast_fp32_forward_rss_growth_mb': rss_mb() - rss0}
+    if device.type == 'cuda':
+        memory['cuda_max_allocated_mb'] = torch.cuda.max_memory_allocated() / 2 ** 20
+    logits['plain_fp32'] = runners['plain_fp32']().float().cpu().numpy()
+    notes = []
+    if device.type == 'cuda' or engine.cpu_has_native_bf16():
+        runners['bf16'] = _forward(fast, x_cl, device, torch.bfloat16)
+        logits['bf16'] = runners['bf16']().float().cpu().numpy()
+    else:
+        notes.append('bf16 skipped: this CPU has no native bfloat16 (oneDNN finds neither '
+                     'AVX512_BF16 nor AMX), where bf16 runs an order of magnitude slower than fp32')
+    if device.type == 'cuda':
+        runners['fp16'] = _forward(fast, x_cl, device, torch.float16)
+    models = {'fp32': fast}
+    if args.compile:
+        runners['compiled_fp32'] = _forward(engine.InferenceModel(plain, compile=True), x_cl, device)
+    if timm is None and not args.no_timm:
+        notes.append('timm is not installed: its rows are skipped (pip install timm)')
+    if timm is not None:
+        t_nchw = timm.create_model('pnasnet5large', pretrained=False).eval().to(device)
+        models['timm_nchw'] = t_nchw
+        models['timm_channels_last'] = copy.deepcopy(t_nchw).to(memory_format=torch.channels_last)
+        runners['timm_nchw'] = _forward(t_nchw, x, device)
+        runners['timm_channels_last'] = _forward(models['timm_channels_last'], x_cl, device)
+    bench = Bench(runners, models, logits, notes, memory)
+    if not args.no_tf:
+        bench.tf_net = tf_reference.TFModel(prefix, config, args.size, args.size, threads=args.threads)
+        logits['tf'] = bench.tf_net(images, 'logits')
+        runners['tf_fp32'] = lambda: bench.tf_net(images, 'logits')
+    return bench
+
+
+def collect(args, device, bench: Bench, times: dict, breakdown: dict, pre: dict, tf_version) -> dict:
+    """The result dict: the figures, by the ``--json`` keys that scripts read."""
+    rates = {k: summary(v) for k, v in times.items()}
+    logits = bench.logits
+    timm_layout = best_timm_layout(rates)
+    base = rates['fp32']['median']
+    timm_best = rates[timm_layout]['median'] if timm_layout else None
+    bf16 = logits.get('bf16')
+    agrees = None if bf16 is None else bf16.argmax(1) == logits['fp32'].argmax(1)
+    result = {
+        'fp32_img_s': base, 'bf16_img_s': rates['bf16']['median'] if 'bf16' in rates else None,
+        'plain_fp32_img_s': rates['plain_fp32']['median'],
+        'tf_fp32_img_s': rates['tf_fp32']['median'] if 'tf_fp32' in rates else None,
+        'timm_best_img_s': timm_best,
+        'preprocess_img_s': pre['numpy']['median'], 'tf_preprocess_img_s': pre['tf']['median'],
+        'max_abs_logit_diff_fast_vs_plain': float(np.abs(logits['fp32'] - logits['plain_fp32']).max()),
+        'bf16_same_top1_as_fp32': None if agrees is None else bool(agrees.all()),
+        'bf16_top1_agreements': None if agrees is None else int(agrees.sum()),
+        'bf16_max_abs_logit_diff': None if bf16 is None else float(np.abs(bf16 - logits['fp32']).max()),
+        'fp32_top1_margins': [float(m) for m in top1_margins(logits['fp32'])],
+        'fp32_over_timm_best_per_round': per_round_ratios(times, 'fp32', timm_layout) if timm_layout else None,
+        'fp32_over_tf_per_round': per_round_ratios(times, 'fp32', 'tf_fp32') if 'tf_fp32' in times else None,
+        'rates': rates, 'preprocess': pre, 'memory': bench.memory, 'breakdown_ms': breakdown,
+        'settings': {'batch': args.batch, 'size': args.size, 'threads': args.threads,
+                     'device': str(device), 'rounds': args.rounds, 'torch': torch.__version__,
+                     'tensorflow': tf_version, 'machine': platform.machine(),
+                     'processor': _cpu_name(), 'cpus': os.cpu_count()},
+        'notes': bench.notes,
+    }
+    if 'tf' in logits:
+        result['max_abs_logit_diff_vs_tf'] = float(np.abs(logits['fp32'] - logits['tf']).max())
+        if 'compiled_fp32' in logits:
+            result['compiled_max_abs_logit_diff_vs_tf'] = float(np.abs(logits['compiled_fp32'] - logits['tf']).max())
+    if 'fp16' in rates:
+        result['fp16_img_s'] = rates['fp16']['median']
+    if timm_best:
+        result['fp32_1x1_floor_over_timm_best'] = 1e3 * args.batch / timm_best / breakdown['fp32']['1x1']
+    return result
+
+
+def best_timm_layout(rates: dict):
+    return max((k for k in ('timm_nchw', 'timm_channels_last') if k in rates),
+               key=lambda k: rates[k]['median'], default=None)
+
+
+def report(result: dict) -> None:
+    rates, base = result['rates'], result['fp32_img_s']
+    print(f'\n{"model":48s} {"img/s":>7s} {"min-max":>13s} {"this fp32 / it":>15s}')
+    for k, r in rates.items():
+        print(f'{LABELS[k]:48s} {r["median"]:7.2f} {r["min"]:6.2f}-{r["max"]:<6.2f} {base / r["median"]:15.2f}')
+    print()
+
+    def per_round(r):
+        return f' (per round: median {r["median"]:.2f}x, {r["min"]:.2f}-{r["max"]:.2f})'
+    if result['timm_best_img_s']:
+        print(f'fp32 / timm best layout: {base / result["timm_best_img_s"]:.2f}x'
+              + per_round(result['fp32_over_timm_best_per_round']))
+    if result['tf_fp32_img_s']:
+        print(f'fp32 / TF graph: {base / result["tf_fp32_img_s"]:.2f}x' + per_round(result['fp32_over_tf_per_round'])
+              + (f'; bf16 / TF graph fp32: {result["bf16_img_s"] / result["tf_fp32_img_s"]:.2f}x'
+                 if result['bf16_img_s'] else ''))
+        print(f'max |logits - TF| (fp32 fast path): {result["max_abs_logit_diff_vs_tf"]:.3g}'
+              + (f'; torch.compile: {result["compiled_max_abs_logit_diff_vs_tf"]:.3g}'
+                 if 'compiled_max_abs_logit_diff_vs_tf' in result else ''))
+    if result['bf16_top1_agreements'] is not None:
+        print(f'bf16 top-1 equals fp32 top-1 on {result["bf16_top1_agreements"]} of the '
+              f'{result["settings"]["batch"]} reference images; bf16 logits differ from fp32 by up to '
+              f'{result["bf16_max_abs_logit_diff"]:.3g}, fp32 top-1 margins '
+              + ', '.join(f'{m:.3g}' for m in result['fp32_top1_margins'])
+              + ' (random weights: a margin below the bf16 difference can flip)')
+    print_breakdown(result['breakdown_ms'], LABELS)
+    if result['timm_best_img_s']:
+        print(f'bound, everything but the 1x1 convs free: fp32 / timm best layout at most '
+              f'{result["fp32_1x1_floor_over_timm_best"]:.2f}x (timm\'s median forward over the '
+              f'time of this port\'s 1x1 convs alone)')
+    pre = result['preprocess']
+    print(f'preprocessing (decode + preprocess_for_eval, 500x375 JPEG -> 331, one thread): '
+          f'numpy {pre["numpy"]["median"]:.1f} img/s, TF op {pre["tf"]["median"]:.1f} img/s, '
+          f'ratio {pre["numpy"]["median"] / pre["tf"]["median"]:.2f}')
+    print(f'memory: the fast fp32 forward grew the process by '
+          f'{result["memory"]["fast_fp32_forward_rss_growth_mb"]:.0f} MiB; process peak {rss_mb():.0f} MiB')
+    for note in result['notes']:
+        print('note:', note)
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
     device = torch.device('cuda' if args.device in ('auto', 'cuda') and torch.cuda.is_available() else 'cpu')
     torch.set_num_threads(args.threads)
     if device.type == 'cpu':
@@ -228,182 +375,26 @@ def main(argv=None) -> int:
     tf = tf_reference.import_tf()
     tf.config.threading.set_intra_op_parallelism_threads(1)  # eager: the per-image preprocessing op
     tf.config.threading.set_inter_op_parallelism_threads(1)
-
-    config = model_mod.PNASNetConfig.large(image_size=args.size)
-    workdir = tempfile.mkdtemp(prefix='pnasnet_bench_')
-    prefix = os.path.join(workdir, 'model.ckpt')
-    print(f'making a random PNASNet-5 Large checkpoint ({config.num_conv_filters} filters) ...', flush=True)
-    images = tf_reference.calibration_images(args.size, n=args.batch, seed=42)
-    # the aux head is not timed; it stays in the checkpoint where it fits, so that the default
-    # run's random weights (drawn in variable order) are the ones its figures were measured with
-    aux = model_mod.aux_kernel_size(config, args.size) >= 1
-    tf_reference.make_random_checkpoint(prefix, config, seed=1, aux=aux, image_size=args.size)
-    import convert
-    pth = os.path.join(workdir, 'large.pth')
-    convert.convert(prefix, pth, check=False, log=lambda *a: None)
-
-    plain = model_mod.load_pretrained(pth).to(device)
-    fast = model_mod.optimize_for_inference(copy.deepcopy(plain))
-    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
-    x_cl = x.contiguous(memory_format=torch.channels_last)
-    sync = torch.cuda.synchronize if device.type == 'cuda' else (lambda: None)
-
-    def run(net, inp, dtype=None):
-        def fn():
-            with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
-                                                        enabled=dtype is not None):
-                out = net(inp)[0]
-            sync()
-            return out
-        return fn
-
-    rss0 = rss_mb()
-    if device.type == 'cuda':
-        torch.cuda.reset_peak_memory_stats()
-    with torch.inference_mode():
-        logits_fp32 = run(fast, x_cl)().float().cpu().numpy()
-        logits_plain = run(plain, x)().float().cpu().numpy()
-    peak = {'fast_fp32_forward_rss_growth_mb': rss_mb() - rss0}
-    if device.type == 'cuda':
-        peak['cuda_max_allocated_mb'] = torch.cuda.max_memory_allocated() / 2 ** 20
-    notes = []
-    runners = {'fp32': run(fast, x_cl), 'plain_fp32': run(plain, x)}
-    logits_bf16 = None
-    if device.type == 'cuda' or operations.cpu_has_native_bf16():
-        runners['bf16'] = run(fast, x_cl, torch.bfloat16)
-        logits_bf16 = runners['bf16']().float().cpu().numpy()
-    else:
-        notes.append('bf16 skipped: this CPU has no native bfloat16 (oneDNN finds neither '
-                     'AVX512_BF16 nor AMX), where bf16 runs an order of magnitude slower than fp32')
-    if device.type == 'cuda':
-        runners['fp16'] = run(fast, x_cl, torch.float16)
-    if args.compile:
-        compiled = model_mod.compile_for_inference(fast, device)
-        runners['compiled_fp32'] = run(compiled, x_cl)
-    if args.bounds:
-        fp32 = runners['fp32']
-
-        def fp32_without_depthwise():
-            with depthwise_skipped():
-                return fp32()
-        runners['fp32_no_depthwise'] = fp32_without_depthwise
-    if timm is None and not args.no_timm:
-        notes.append('timm is not installed: its rows are skipped (pip install timm)')
-    timm_nets = {}
-    if timm is not None:
-        t_nchw = timm.create_model('pnasnet5large', pretrained=False).eval().to(device)
-        timm_nets['timm_nchw'] = t_nchw
-        timm_nets['timm_channels_last'] = copy.deepcopy(t_nchw).to(memory_format=torch.channels_last)
-        runners['timm_nchw'] = run(t_nchw, x)
-        runners['timm_channels_last'] = run(timm_nets['timm_channels_last'], x_cl)
-    tf_net = None
-    if not args.no_tf:
-        tf_net = tf_reference.TFModel(prefix, config, args.size, args.size, threads=args.threads)
-        tf_logits = tf_net(images, 'logits')
-        runners['tf_fp32'] = lambda: tf_net(images, 'logits')
-
-    for fn in runners.values():  # warm-up (and compilation)
-        fn()
-    print(f'timing {len(runners)} models, {args.rounds} interleaved rounds, batch {args.batch}, '
-          f'{args.size} px, {args.threads} threads, {device} ...', flush=True)
-    times = timed_rounds(runners, args.rounds, args.batch)
-    rates = {k: summary(v) for k, v in times.items()}
-    timm_layout = max((k for k in ('timm_nchw', 'timm_channels_last') if k in rates),
-                      key=lambda k: rates[k]['median'], default=None)
-    breakdown = {'fp32': time_breakdown(fast, runners['fp32'])}
-    if timm_layout:
-        breakdown[timm_layout] = time_breakdown(timm_nets[timm_layout], runners[timm_layout])
-    pre = preprocess_rates(n=16, rounds=max(3, args.rounds))
-
-    labels = {'fp32': 'this port, fp32 (engine, channels_last)',
-              'bf16': 'this port, bf16 autocast', 'fp16': 'this port, fp16 autocast',
-              'compiled_fp32': 'this port, fp32, torch.compile (freezing)',
-              'fp32_no_depthwise': 'bound: fp32 engine, depthwise convs skipped',
-              'plain_fp32': 'this port, fp32, unfused NCHW',
-              'timm_nchw': 'timm pnasnet5large, NCHW', 'timm_channels_last': 'timm pnasnet5large, channels_last',
-              'tf_fp32': 'TF-Slim graph (tf_reference), fp32 NHWC'}
-    base = rates['fp32']['median']
-    print(f'\n{"model":48s} {"img/s":>7s} {"min-max":>13s} {"this fp32 / it":>15s}')
-    for k, r in rates.items():
-        print(f'{labels[k]:48s} {r["median"]:7.2f} {r["min"]:6.2f}-{r["max"]:<6.2f} {base / r["median"]:15.2f}')
-    timm_best = rates[timm_layout]['median'] if timm_layout else None
-    paired = {peer: per_round_ratios(times, 'fp32', key) for peer, key in
-              (('timm_best', timm_layout), ('tf', 'tf_fp32')) if key in rates}
-    bf16_agrees = None if logits_bf16 is None else logits_bf16.argmax(1) == logits_fp32.argmax(1)
-    result = {
-        'fp32_img_s': base, 'bf16_img_s': rates['bf16']['median'] if 'bf16' in rates else None,
-        'plain_fp32_img_s': rates['plain_fp32']['median'],
-        'tf_fp32_img_s': rates['tf_fp32']['median'] if 'tf_fp32' in rates else None,
-        'timm_best_img_s': timm_best,
-        'preprocess_img_s': pre['numpy']['median'], 'tf_preprocess_img_s': pre['tf']['median'],
-        'max_abs_logit_diff_fast_vs_plain': float(np.abs(logits_fp32 - logits_plain).max()),
-        'bf16_same_top1_as_fp32': None if bf16_agrees is None else bool(bf16_agrees.all()),
-        'bf16_top1_agreements': None if bf16_agrees is None else int(bf16_agrees.sum()),
-        'bf16_max_abs_logit_diff': (None if logits_bf16 is None
-                                    else float(np.abs(logits_bf16 - logits_fp32).max())),
-        'fp32_top1_margins': [float(m) for m in top1_margins(logits_fp32)],
-        'fp32_over_timm_best_per_round': paired.get('timm_best'),
-        'fp32_over_tf_per_round': paired.get('tf'),
-        'rates': rates, 'preprocess': pre, 'memory': peak, 'breakdown_ms': breakdown,
-        'settings': {'batch': args.batch, 'size': args.size, 'threads': args.threads,
-                     'device': str(device), 'rounds': args.rounds, 'torch': torch.__version__,
-                     'tensorflow': tf.__version__, 'machine': platform.machine(),
-                     'processor': _cpu_name(), 'cpus': os.cpu_count()},
-        'notes': notes,
-    }
-    if tf_net is not None:
-        result['max_abs_logit_diff_vs_tf'] = float(np.abs(logits_fp32 - tf_logits).max())
-        if 'compiled_fp32' in runners:
-            compiled_logits = runners['compiled_fp32']().float().cpu().numpy()
-            result['compiled_max_abs_logit_diff_vs_tf'] = float(np.abs(compiled_logits - tf_logits).max())
-    if 'fp16' in rates:
-        result['fp16_img_s'] = rates['fp16']['median']
-    if timm_best:
-        result['fp32_1x1_floor_over_timm_best'] = 1e3 * args.batch / timm_best / breakdown['fp32']['1x1']
-    if timm_best and 'fp32_no_depthwise' in rates:
-        result['fp32_no_depthwise_over_timm_best'] = rates['fp32_no_depthwise']['median'] / timm_best
-        result['fp32_no_depthwise_over_timm_best_per_round'] = per_round_ratios(
-            times, 'fp32_no_depthwise', timm_layout)
-    print()
-    def per_round(peer):
-        r = paired[peer]
-        return f' (per round: median {r["median"]:.2f}x, {r["min"]:.2f}-{r["max"]:.2f})'
-    if timm_best:
-        print(f'fp32 / timm best layout: {base / timm_best:.2f}x' + per_round('timm_best'))
-    if result['tf_fp32_img_s']:
-        print(f'fp32 / TF graph: {base / result["tf_fp32_img_s"]:.2f}x' + per_round('tf')
-              + (f'; bf16 / TF graph fp32: {result["bf16_img_s"] / result["tf_fp32_img_s"]:.2f}x'
-                 if result['bf16_img_s'] else ''))
-        print(f'max |logits - TF| (fp32 fast path): {result["max_abs_logit_diff_vs_tf"]:.3g}'
-              + (f'; torch.compile: {result["compiled_max_abs_logit_diff_vs_tf"]:.3g}'
-                 if 'compiled_max_abs_logit_diff_vs_tf' in result else ''))
-    if bf16_agrees is not None:
-        print(f'bf16 top-1 equals fp32 top-1 on {result["bf16_top1_agreements"]} of the '
-              f'{args.batch} reference images; bf16 logits differ from fp32 by up to '
-              f'{result["bf16_max_abs_logit_diff"]:.3g}, fp32 top-1 margins '
-              + ', '.join(f'{m:.3g}' for m in result['fp32_top1_margins'])
-              + ' (random weights: a margin below the bf16 difference can flip)')
-    print_breakdown(breakdown, labels)
-    if 'fp32_no_depthwise_over_timm_best' in result:
-        r = result['fp32_no_depthwise_over_timm_best_per_round']
-        print(f'bound, depthwise convs free: fp32 / timm best layout '
-              f'{result["fp32_no_depthwise_over_timm_best"]:.2f}x (per round: median '
-              f'{r["median"]:.2f}x, {r["min"]:.2f}-{r["max"]:.2f})')
-    if timm_best:
-        print(f'bound, everything but the 1x1 convs free: fp32 / timm best layout at most '
-              f'{result["fp32_1x1_floor_over_timm_best"]:.2f}x (timm\'s median forward over the '
-              f'time of this port\'s 1x1 convs alone)')
-    print(f'preprocessing (decode + preprocess_for_eval, 500x375 JPEG -> 331, one thread): '
-          f'numpy {pre["numpy"]["median"]:.1f} img/s, TF op {pre["tf"]["median"]:.1f} img/s, '
-          f'ratio {pre["numpy"]["median"] / pre["tf"]["median"]:.2f}')
-    print(f'memory: the fast fp32 forward grew the process by {peak["fast_fp32_forward_rss_growth_mb"]:.0f} MiB; '
-          f'process peak {rss_mb():.0f} MiB')
-    for note in notes:
-        print('note:', note)
+    with tempfile.TemporaryDirectory(prefix='pnasnet_bench_') as workdir:
+        bench = build(args, device, timm, workdir)
+        for fn in bench.runners.values():  # warm-up (and compilation)
+            fn()
+        if 'compiled_fp32' in bench.runners:
+            bench.logits['compiled_fp32'] = bench.runners['compiled_fp32']().float().cpu().numpy()
+        print(f'timing {len(bench.runners)} models, {args.rounds} interleaved rounds, batch {args.batch}, '
+              f'{args.size} px, {args.threads} threads, {device} ...', flush=True)
+        times = timed_rounds(bench.runners, args.rounds, args.batch)
+        breakdown = {'fp32': time_breakdown(bench.models['fp32'], bench.runners['fp32'])}
+        timm_layout = best_timm_layout({k: summary(v) for k, v in times.items()})
+        if timm_layout:
+            breakdown[timm_layout] = time_breakdown(bench.models[timm_layout], bench.runners[timm_layout])
+        pre = preprocess_rates(n=16, rounds=max(3, args.rounds))
+        result = collect(args, device, bench, times, breakdown, pre, tf.__version__)
+        if bench.tf_net is not None:
+            bench.tf_net.close()
+    report(result)
     if args.json:
         utils.save_json(result, args.json)
-    if tf_net is not None:
-        tf_net.close()
     return 0
 
 

@@ -37,8 +37,8 @@ import torch.nn as nn
 
 import utils
 from model import MIN_IMAGE_SIZE, NetworkImageNet, PNASNetConfig, load_pretrained
-from operations import (Conv7x1x1x7, DilConv, FactorizedReduce, Identity, Pool, ReLUConvBN,
-                        SepConv)
+from operations import (Conv7x1x1x7, DilConv, FactorizedReduce, Pool, ReLUConvBN, SepConv,
+                        SkipConnect)
 # the aux head's BatchNorms, which the official release does not hold (tensorflow/models issues
 # 8643 and 3822): a checkpoint without all of them gets fresh ones
 from tf_reference import AUX_BN
@@ -279,7 +279,7 @@ def _op_entries(op: nn.Module, pt: str, scope: str) -> List[Tuple[str, str, str]
             out += _conv(f'{pt}.pointwise{rep}', f'{scope}/separable_{k}x{k}_{rep}/pointwise_weights')
             out += _bn(f'{pt}.bn{rep}', f'{scope}/bn_sep_{k}x{k}_{rep}')
         return out
-    if isinstance(op, (Pool, Identity)):
+    if isinstance(op, (Pool, SkipConnect)):
         if not op.project:
             return []
         return _conv(f'{pt}.conv', f'{scope}/1x1/weights') + _bn(f'{pt}.bn', f'{scope}/bn_1')

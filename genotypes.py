@@ -12,11 +12,11 @@ An experiment is an edit here: add a genotype, then build it with
 from collections import namedtuple
 from typing import Union
 
-from operations import OPS
-
 Genotype = namedtuple('Genotype', 'normal normal_concat reduce reduce_concat')
 
-PRIMITIVES = sorted(OPS)
+# the op names a genotype may use: exactly the keys of operations.OPS (a test keeps them equal)
+PRIMITIVES = ['avg_pool_3x3', 'conv_7x1_1x7', 'dil_conv_3x3', 'dil_conv_5x5', 'max_pool_3x3',
+              'none', 'sep_conv_3x3', 'sep_conv_5x5', 'sep_conv_7x7', 'skip_connect']
 
 # PNASNet-5 (Liu et al., ECCV 2018): one cell for both the normal and the reduction position.
 # TF-Slim's 'none' is an identity, here 'skip_connect'.
@@ -108,7 +108,7 @@ def _validate_half(genotype: Genotype, half: str) -> None:
         if not (isinstance(entry, (list, tuple)) and len(entry) == 2):
             raise GenotypeError(f'{half}[{j}] = {entry!r}: expected an (op_name, input_index) pair')
         name, index = entry
-        if name not in OPS:
+        if name not in PRIMITIVES:
             raise GenotypeError(f'{half}[{j}] = {entry!r}: unknown op {name!r}; '
                                 f'known ops: {", ".join(PRIMITIVES)}')
         # combination j // 2 may read the two cell inputs and the combinations before it

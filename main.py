@@ -17,8 +17,8 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
+import engine
 import model as model_mod
-import operations
 import utils
 
 
@@ -54,9 +54,8 @@ def parse_args(argv=None):
                     help='run the model as converted, without the fused fast path (BN folding, '
                          'channels_last); for comparison')
     ap.add_argument('--compile', action='store_true',
-                    help='torch.compile the fast path, with inductor freezing on the CPU (after a '
-                         'compile of a minute or so; on a 2-core CPU about the default path\'s '
-                         'speed, see README)')
+                    help='torch.compile the fast path, with inductor freezing on the CPU; the '
+                         'first batch waits for the compilation (see README)')
     ap.add_argument('--no-progress', action='store_true', help='no progress bar')
     return ap.parse_args(argv)
 
@@ -83,7 +82,7 @@ def resolve_precision(device: torch.device, precision: str, warn=None) -> str:
     fp32."""
     if device.type == 'cpu' and precision in CPU_NATIVE:
         dtype, units, native = CPU_NATIVE[precision]
-        if not getattr(operations, native)():
+        if not getattr(engine, native)():
             (warn or _warn)(f'--precision {precision}: this CPU has no native {dtype} (oneDNN '
                             f'finds neither {units}), where {precision} runs an order of '
                             f'magnitude slower than fp32; running fp32 instead (exact, and faster)')
@@ -103,15 +102,19 @@ def setup_cuda(allow_tf32: bool) -> None:
     torch.backends.cudnn.allow_tf32 = allow_tf32
 
 
-def load_model(weights: str, device: torch.device, plain: bool = False) -> model_mod.NetworkImageNet:
+def load_model(weights: str, device: torch.device, plain: bool = False, compile: bool = False):
+    """The network of ``weights`` on ``device``: as converted with ``plain``, else the fastest
+    exact path (``engine.InferenceModel``, logits within 1e-4 of the plain model)."""
+    if plain and compile:
+        raise UserError('--compile compiles the fast path, which --plain turns off; drop one')
     try:
         net = model_mod.load_pretrained(weights)
     except model_mod.CheckpointError as e:
         raise UserError(str(e)) from None
     net = net.to(device).eval()
-    if not plain:  # the fastest exact path: logits within 1e-4 of the plain model
-        net = model_mod.optimize_for_inference(net, channels_last=True)
-    return net
+    if plain:
+        return net
+    return engine.InferenceModel(net, channels_last=True, compile=compile)
 
 
 def autocast(device: torch.device, precision: str):
@@ -150,7 +153,8 @@ def evaluate(net, samples, args, device, rank: int = 0, world: int = 1) -> dict:
     loader = torch.utils.data.DataLoader(
         dataset, batch_size=args.batch_size, shuffle=False, num_workers=args.workers,
         pin_memory=cuda, persistent_workers=False)
-    channels_last = getattr(net, 'channels_last', False)
+    memory_format = (net.memory_format if isinstance(net, engine.InferenceModel)
+                     else torch.contiguous_format)
     records, feats, bad = [], [], []
     counts = {'c1': 0, 'c5': 0, 'seen': 0}
     bar = None
@@ -192,8 +196,7 @@ def evaluate(net, samples, args, device, rank: int = 0, world: int = 1) -> dict:
                             raise UserError(f'{e}; pass --skip-bad to skip such images') from None
                     bad.append(path)
             x = x.to(device, non_blocking=True)
-            if channels_last:
-                x = x.contiguous(memory_format=torch.channels_last)
+            x = x.contiguous(memory_format=memory_format)
             with autocast(device, args.precision):
                 f = net.extract_features(x)
                 logits = net.forward_head(f)
@@ -289,11 +292,9 @@ def run(args) -> int:
             setup_cuda(args.tf32)
         args.precision = resolve_precision(device, args.precision,
                                            warn=None if rank == 0 else (lambda message: None))
-        net = load_model(args.weights, device, args.plain)
+        net = load_model(args.weights, device, args.plain, args.compile)
         if args.image_size is None:
             args.image_size = net.config.image_size
-        if args.compile:
-            net.extract_features = model_mod.compile_for_inference(net.extract_features, device)
         if args.image:
             if rank == 0:
                 classify_images(net, args.image, args, device)

@@ -1,16 +1,15 @@
 """PNASNet-5 (Liu et al., ECCV 2018) as a genotype-driven, DARTS-style ``NetworkImageNet``.
 
-The network follows TF-Slim's ``pnasnet.py`` exactly (see ../shared/SPEC.md): a VALID 3x3 stem
-conv, two stride-2 stem cells, ``num_cells`` cells with reductions at ``int(k/3 * num_cells)``,
-ReLU + global mean + dropout + FC. Every cell is built from a genotype in ``genotypes.py``.
+The network follows TF-Slim's ``pnasnet.py`` exactly: a VALID 3x3 stem conv, two stride-2 stem
+cells, ``num_cells`` cells with reductions at ``int(k/3 * num_cells)``, ReLU + global mean +
+dropout + FC. Every cell is built from a genotype in ``genotypes.py``. The fast inference path is
+``engine.InferenceModel``, which reads this network and is not part of it.
 
 Expected input (as TF-Slim's inception preprocessing gives it, see ``utils.preprocess_for_eval``):
 RGB, NCHW float32 in [-1, 1], central crop 0.875, bilinear resize to 331 (Large) or 224 (Mobile).
 The 1001 logits put the background class at index 0; ImageNet class k is logit k + 1.
 """
-import collections
 import dataclasses
-import importlib
 import os
 from dataclasses import dataclass
 from typing import List, Optional, Tuple, Union
@@ -20,9 +19,7 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 import genotypes as genotypes_mod
-from operations import (OPS, PADDING_MODES, FactorizedReduce, Identity, Pool, ReLUConvBN, Zero,
-                        batch_norm, conv_forward, cpu_kernels, drop_path, finish, fold_bn, fuse_op,
-                        _format_of, max_pool_same)
+from operations import OPS, PADDING_MODES, FactorizedReduce, ReLUConvBN, SkipConnect, batch_norm, drop_path
 
 
 MIN_IMAGE_SIZE = 3  # conv0 is a VALID 3x3 conv: a smaller input leaves it nothing
@@ -134,13 +131,10 @@ class Cell(nn.Module):
         self.multiplier = len(self._concat)
         self._indices = [index for _, index in ops]
         self._ops = nn.ModuleList()
-        self.op_names = [name for name, _ in ops]
         for name, index in ops:
             stride = 2 if reduction and index < 2 else 1
             C_in = C0 if index == 0 else C
             self._ops.append(OPS[name](C_in, C, stride, padding))
-        self.share_pools = False  # set by optimize_for_inference: equal pools computed once
-        self.engine = None  # set by optimize_for_inference: the plan of forward_fused
 
     def forward(self, s0: Optional[torch.Tensor], s1: torch.Tensor,
                 drop_prob: float = 0.0) -> torch.Tensor:
@@ -148,160 +142,16 @@ class Cell(nn.Module):
         s1 = self.preprocess1(s1)
         states = [s0, s1]
         drop_prob = drop_prob * self.drop_scale if self.training else 0.0
-        relu_cache, pool_cache = {}, {}
         for i in range(self._steps):
-            hs = []
-            for j in (2 * i, 2 * i + 1):
-                op, index = self._ops[j], self._indices[j]
-                x = states[index]
-                if getattr(op, 'takes_relu', False):  # fused ops share one ReLU per state
-                    if index not in relu_cache:
-                        relu_cache[index] = F.relu(x)
-                    h = op(relu_cache[index])
-                elif self.share_pools and isinstance(op, Pool):
-                    key = self._pool_key(j)
-                    if key not in pool_cache:
-                        pool_cache[key] = op.pool(x)
-                    h = op.finish(pool_cache[key])
-                else:
-                    h = op(x)
-                if drop_prob > 0.0 and not isinstance(op, Identity):
-                    h = drop_path(h, drop_prob)
-                hs.append(h)
-            states.append(hs[0] + hs[1])
+            h1 = self._ops[2 * i](states[self._indices[2 * i]])
+            h2 = self._ops[2 * i + 1](states[self._indices[2 * i + 1]])
+            if drop_prob > 0.0:  # TF-Slim drops every op's output except the identity's
+                if not isinstance(self._ops[2 * i], SkipConnect):
+                    h1 = drop_path(h1, drop_prob)
+                if not isinstance(self._ops[2 * i + 1], SkipConnect):
+                    h2 = drop_path(h2, drop_prob)
+            states.append(h1 + h2)
         return torch.cat([states[i] for i in self._concat], dim=1)
-
-    def plan_engine(self, rectify_output: bool) -> None:
-        """Plans ``forward_fused``. ``rectify_output``: every reader of this cell's output takes
-        its ReLU, so the cell may hand over ReLU(output) only. A combination is stored rectified
-        when nobody needs it raw: then its last conv applies the ReLU as a post-op."""
-        raw_readers = set()
-        for op, index in zip(self._ops, self._indices):
-            if not getattr(op, 'takes_relu', False):
-                raw_readers.add(index)
-        rect = {}
-        for s in range(2, 2 + self._steps):
-            rect[s] = s not in raw_readers and (rectify_output or s not in self._concat)
-        shared = collections.Counter(self._pool_key(j) for j, op in enumerate(self._ops)
-                                     if isinstance(op, Pool))
-        self.engine = {'rectify_output': rectify_output, 'rect': rect,
-                       'shared_pools': {key for key, uses in shared.items() if uses > 1}}
-        # per combination: run `first`, then `second`; `accumulate`: second's last conv adds onto
-        # first's result in a dense tensor (needed by a state that later ops of the cell read,
-        # or that is not concatenated), else the two results are added into the concat slice
-        steps = []
-        for i in range(self._steps):
-            ja, jb = 2 * i, 2 * i + 1
-            conv_ends = [j for j in (jb, ja) if getattr(self._ops[j], 'ends_in_conv', False)]
-            first, second = (ja, jb) if not conv_ends or conv_ends[0] == jb else (jb, ja)
-            accumulate = bool(conv_ends) and (2 + i in self._indices or 2 + i not in self._concat)
-            steps.append((first, second, accumulate, accumulate and self._owns_result(first)))
-        self.engine['steps'] = steps
-
-    def _pool_key(self, j: int):
-        op = self._ops[j]
-        return (self._indices[j], op.kind, op.pool.stride)
-
-    def _pool(self, j: int, states: list, pools: dict) -> torch.Tensor:
-        """The pool of op ``j``, computed once per cell."""
-        key = self._pool_key(j)
-        if key not in pools:
-            op, x = self._ops[j], states[key[0]].get_raw()
-            if op.kind == 'max':
-                pools[key] = max_pool_same(x, op.pool.kernel_size, op.pool.stride, op.pool.pad_mode)
-            else:
-                pools[key] = op.pool(x)
-        return pools[key]
-
-    def _owns_result(self, j: int) -> bool:
-        """Whether op ``j`` returns a fresh tensor that nothing else holds (may be added onto)."""
-        op = self._ops[j]
-        if isinstance(op, Pool) and not op.project:
-            return self._pool_key(j) not in self.engine['shared_pools']
-        return getattr(op, 'ends_in_conv', False) or isinstance(op, Zero)
-
-    def _run_fused(self, j: int, states: list, pools: dict, add_to=None, relu: bool = False):
-        """Op ``j`` of the cell on its state; ``add_to``/``relu`` as in operations.conv_forward."""
-        op, index = self._ops[j], self._indices[j]
-        state = states[index]
-        if isinstance(op, Pool):
-            return op.fused(self._pool(j, states, pools), add_to, relu)
-        if getattr(op, 'takes_relu', False):
-            return op.fused(state.relu(), add_to, relu)
-        if hasattr(op, 'fused'):
-            return op.fused(state.get_raw(), add_to, relu)
-        return finish(op(state.get_raw()), add_to, relu)
-
-    def forward_fused(self, s0: Optional['_State'], s1: '_State') -> '_State':
-        """The inference engine's cell (after ``optimize_for_inference``): the same function as
-        ``forward`` in eval mode, computed with fewer passes over memory. A combination that only
-        the next cells read is added, and rectified where every reader would rectify it, in one
-        pass that writes its slice of the concat buffer. One that later ops of this cell read is
-        summed in a dense tensor of its own, the second op's last conv adding onto the first op's
-        result in place with the ReLU as oneDNN post-ops, then copied into its slice."""
-        plan = self.engine
-        if self.preprocess0 is None:
-            st0 = s1
-        elif isinstance(self.preprocess0, nn.Identity):
-            st0 = s0
-        else:
-            st0 = _State(raw=self.preprocess0.fused(s0.relu()))
-        st1 = _State(raw=self.preprocess1.fused(s1.relu()))
-        states = [st0, st1]
-        ref = st1.raw
-        n, _, h, w = ref.shape
-        stride = 2 if self.reduction else 1
-        fmt = _format_of(ref)
-        buf = torch.empty(n, self.C * len(self._concat), -(-h // stride), -(-w // stride),
-                          dtype=ref.dtype, device=ref.device, memory_format=fmt)
-        slices = {i: buf[:, k * self.C:(k + 1) * self.C] for k, i in enumerate(self._concat)}
-        pools = {}
-        for i, (first, second, accumulate, owned) in enumerate(plan['steps']):
-            rect, dst = plan['rect'][2 + i], slices.get(2 + i)
-            if accumulate:
-                # oneDNN adds onto a dense tensor only (onto a slice PyTorch falls back to conv,
-                # then add): the first op's result, own or copied, takes the second op's conv
-                partial = self._run_fused(first, states, pools)
-                if not owned:
-                    partial = partial.clone(memory_format=fmt)
-                out = self._run_fused(second, states, pools, add_to=partial, relu=rect)
-                if dst is not None:
-                    dst.copy_(out)
-            else:
-                # added (and rectified) in one pass that writes the concat slice
-                a, b = self._run_fused(first, states, pools), self._run_fused(second, states, pools)
-                if rect and dst is not None and dst.dtype == torch.float32 and cpu_kernels(dst):
-                    # one pass; aten has this kernel for the CPU (float32) only, not for CUDA
-                    out = torch.ops.aten._add_relu.out(a, b, out=dst)
-                else:
-                    out = torch.add(a, b) if dst is None else torch.add(a, b, out=dst)
-                    if rect:
-                        out.relu_()
-            states.append(_State(rect=out) if rect else _State(raw=out))
-        if plan['rectify_output']:  # combinations that were read raw are rectified last
-            for i in self._concat:
-                if not plan['rect'][i]:
-                    slices[i].relu_()
-            return _State(rect=buf)
-        return _State(raw=buf)
-
-
-class _State:
-    """A tensor of the inference engine as computed (``raw``), rectified (``rect``), or both."""
-    __slots__ = ('raw', 'rect')
-
-    def __init__(self, raw: Optional[torch.Tensor] = None, rect: Optional[torch.Tensor] = None):
-        self.raw, self.rect = raw, rect
-
-    def relu(self) -> torch.Tensor:
-        if self.rect is None:
-            self.rect = F.relu(self.raw)
-        return self.rect
-
-    def get_raw(self) -> torch.Tensor:
-        if self.raw is None:  # plan_engine keeps raw every state that an op reads raw
-            raise RuntimeError('inference engine: a state was kept rectified but is read raw')
-        return self.raw
 
 
 class AuxiliaryHead(nn.Module):
@@ -344,7 +194,6 @@ class NetworkImageNet(nn.Module):
         genotype = genotypes_mod.get(config.genotype)
         self.genotype = genotype
         self.drop_path_prob = config.drop_path_prob
-        self._auxiliary = config.auxiliary
 
         C_stem = int(32 * config.stem_multiplier)
         self.conv0 = nn.Conv2d(3, C_stem, 3, stride=2, padding=0, bias=False)  # VALID
@@ -384,15 +233,12 @@ class NetworkImageNet(nn.Module):
 
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(self.num_features, config.num_classes)
-        self.engine = False  # optimize_for_inference switches eval forwards to forward_fused
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last cell's output after the final ReLU: [N, num_features, h, w]."""
         return self._forward_cells(x)[0]
 
     def _forward_cells(self, x: torch.Tensor):
-        if self.engine and not self.training and not torch.compiler.is_compiling():
-            return self._forward_cells_fused(x), None
         s1 = self.conv0_bn(self.conv0(x))
         s0 = None
         drop_prob = self.drop_path_prob if self.training else 0.0
@@ -403,12 +249,6 @@ class NetworkImageNet(nn.Module):
             if want_aux and k == self.aux_index:
                 logits_aux = self.auxiliary_head(s1)
         return F.relu(s1), logits_aux
-
-    def _forward_cells_fused(self, x: torch.Tensor) -> torch.Tensor:
-        s0, s1 = None, _State(raw=conv_forward(self.conv0, x))
-        for cell in self.cells:
-            s0, s1 = s1, cell.forward_fused(s0, s1)
-        return s1.relu()
 
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         """Global-pool vector [N, num_features] (TF-Hub's feature_vector: 4320 Large, 1080 Mobile)."""
@@ -421,62 +261,6 @@ class NetworkImageNet(nn.Module):
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         feats, logits_aux = self._forward_cells(x)
         return self.forward_head(feats.mean(dim=(2, 3))), logits_aux
-
-
-def optimize_for_inference(net: NetworkImageNet, channels_last: bool = True,
-                           engine: bool = True) -> NetworkImageNet:
-    """The fast inference path, in place: every BatchNorm folded into the conv before it, one
-    ReLU per cell state shared by the ops that read it, equal max pools computed once, and
-    channels_last weights (feed channels_last inputs). Logits stay within 1e-4 of the plain
-    model; the result is for inference only (its state dict has no BatchNorm entries).
-
-    ``engine`` (default) runs eval forwards through ``Cell.forward_fused``: on the CPU in float32,
-    oneDNN convolutions with packed weights and the ReLU and the combination's add as post-ops,
-    writing straight into each cell's concat buffer. Cells then hand over ReLU(output), which is
-    all any reader uses, so forward hooks on a cell see rectified outputs. torch.compile, autocast
-    and CUDA take the same plan with plain PyTorch ops (compile traces the unfused forward).
-    """
-    net.eval()
-    fold_bn(net, 'conv0', 'conv0_bn')
-    for cell in net.cells:
-        for op in [cell.preprocess0, cell.preprocess1, *cell._ops]:
-            if op is not None:
-                fuse_op(op)
-        cell.share_pools = True
-    cells = list(net.cells)
-    for k, cell in enumerate(cells):
-        # readers of cell k: cell k+1's preprocess1 and the final ReLU always rectify; cell
-        # k+2's preprocess0 does unless it passes its input through untouched
-        raw_reader = k + 2 < len(cells) and isinstance(cells[k + 2].preprocess0, nn.Identity)
-        cell.plan_engine(rectify_output=not raw_reader)
-    net.engine = engine
-    if net.auxiliary_head is not None:
-        fold_bn(net.auxiliary_head, 'proj', 'bn0')
-        fold_bn(net.auxiliary_head, 'conv', 'bn1')
-    for p in net.parameters():
-        p.requires_grad_(False)
-    if channels_last:
-        net.to(memory_format=torch.channels_last)
-    net.channels_last = channels_last
-    return net
-
-
-def compile_for_inference(fn, device: Union[str, torch.device] = 'cpu'):
-    """``torch.compile(fn)`` for inference. On the CPU it turns on inductor's freezing (a global
-    inductor setting): weights become constants, so the convolutions get prepacked oneDNN weights
-    and fused post-ops, as the eager engine does, plus generated kernels for the ReLU/pool/concat
-    work. Call the result under ``torch.inference_mode()`` or ``torch.no_grad()``; the first call
-    compiles (about a minute for PNASNet-5 Large on 2 cores), and each new input shape again.
-    In a process that imported TensorFlow first, torch.compile crashes (triton's native library);
-    call this before importing TensorFlow."""
-    try:  # now, before anything imports TensorFlow: triton's library crashes when loaded after TF's
-        importlib.import_module('triton')
-    except ImportError:
-        pass
-    if torch.device(device).type == 'cpu':
-        import torch._inductor.config as inductor_config
-        inductor_config.freezing = True
-    return torch.compile(fn)
 
 
 def pnasnet5large(**overrides) -> NetworkImageNet:

@@ -1,8 +1,7 @@
 """Preprocessing, labels, data and metrics for ImageNet evaluation.
 
 ``preprocess_for_eval`` reproduces TF-Slim's inception ``preprocess_for_eval`` in NumPy, bit for
-bit: the same float32 operations in the same order (see ../shared/SPEC.md), so the evaluation
-needs no TensorFlow. ``preprocess_for_eval_tf`` keeps the TensorFlow original for comparison.
+bit: the same float32 operations in the same order, so the evaluation needs no TensorFlow. ``preprocess_for_eval_tf`` keeps the TensorFlow original for comparison.
 """
 import argparse
 import ctypes
@@ -225,8 +224,8 @@ def tune_cpu_allocator() -> None:
     """Keeps freed buffers of up to 32 MiB in the process heap (Linux, glibc), for CPU inference.
 
     glibc's defaults give buffers of a few MiB back to the OS when they are freed and page-fault
-    them in again on the next batch; for PNASNet-5 Large on CPU that cost about a quarter of the
-    forward pass in benchmark.py (3.3 -> 4.5 img/s). 32 MiB is glibc's largest mmap threshold;
+    them in again on the next batch, which costs PNASNet-5 Large on the CPU a good part of its
+    forward pass (benchmark.py shows it). 32 MiB is glibc's largest mmap threshold;
     larger buffers are still mapped and unmapped, so every thread's allocations keep working.
     """
     if not sys.platform.startswith('linux'):

@@ -44,8 +44,9 @@ def test_per_round_ratios_pair_each_round_with_itself():
 def _small_nets():
     import model
     torch.manual_seed(0)
+    import engine
     plain = model.NetworkImageNet(model.PNASNetConfig.mobile(num_conv_filters=8, num_cells=3)).eval()
-    fast = model.optimize_for_inference(copy.deepcopy(plain))
+    fast = engine.InferenceModel(plain)
     x = torch.randn(2, 3, 64, 64)
     return plain, fast, x, x.contiguous(memory_format=torch.channels_last)
 
@@ -73,34 +74,21 @@ def test_time_breakdown_counts_each_conv_of_the_engine_and_of_a_plain_model_once
             ms = benchmark.time_breakdown(net, lambda: net(inp), repeats=2)
             assert ms['calls'] == dict(expected)
             assert all(ms[k] > 0 for k in benchmark.CONV_KINDS)
-            assert ms['total'] > 0 and abs(sum(ms[k] for k in (*benchmark.CONV_KINDS, 'rest'))
-                                           - ms['total']) < 1e-6
+            # the convolutions are timed inside the forward: together they cannot exceed it
+            assert 0 < sum(ms[k] for k in benchmark.CONV_KINDS) < ms['total'] and ms['rest'] > 0
 
 
-def test_conv_timer_and_depthwise_skipped_put_everything_back():
-    import model
-    import operations
+def test_conv_timer_puts_everything_back():
     plain, fast, x, x_cl = _small_nets()
-    original = operations.conv_forward
     with torch.inference_mode():
         want = fast(x_cl)[0]
-        with pytest.raises(RuntimeError, match='inside the block'):
-            with benchmark.conv_timer(plain), benchmark.depthwise_skipped():
-                raise RuntimeError('inside the block')
-        assert operations.conv_forward is original and model.conv_forward is original
+        for net in (plain, fast):
+            with pytest.raises(RuntimeError, match='inside the block'):
+                with benchmark.conv_timer(net):
+                    raise RuntimeError('inside the block')
+        assert fast.conv.observer is None
         assert not any(m._forward_hooks or m._forward_pre_hooks for m in plain.modules())
         assert torch.equal(fast(x_cl)[0], want)
-
-
-def test_depthwise_skipped_runs_the_engine_without_its_depthwise_convs():
-    plain, fast, x, x_cl = _small_nets()
-    expected = _conv_counts(plain)
-    with torch.inference_mode():
-        want = fast(x_cl)[0]
-        with benchmark.conv_timer(fast) as (_, calls), benchmark.depthwise_skipped():
-            got = fast(x_cl)[0]
-    assert calls == {'1x1': expected['1x1'], 'depthwise': 0, 'other': 1}
-    assert got.shape == want.shape and (got - want).abs().max() > 1e-3  # a bound, not the model
 
 
 def test_benchmark_skips_bf16_on_a_cpu_without_it_and_says_why(tmp_path):

@@ -2,7 +2,7 @@
 
 With oneDNN disabled, a CPU run takes the branch that a CUDA run takes: the engine's CPU-only
 kernels (oneDNN's fused convolutions, aten's ``_add_relu``) are used only where
-``operations.cpu_kernels`` allows them, and it allows them on the CPU with oneDNN enabled alone.
+``engine.cpu_kernels`` allows them, and it allows them on the CPU with oneDNN enabled alone.
 Each run records every aten op under a ``TorchDispatchMode``; each op must have a CUDA kernel or
 a composite one (composite kernels run on every backend).
 

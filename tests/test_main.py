@@ -177,20 +177,21 @@ def test_corrupt_image_stops_or_is_skipped(valdir, weights, tmp_path):
     assert json.loads((tmp_path / 'r.json').read_text())['skipped_bad'] == [str(bad)]
 
 
-def test_compile_option_compiles_the_fast_path_for_the_device(valdir, weights, monkeypatch):
-    """main.py --compile goes through model.compile_for_inference (tested with a real compile in
-    test_engine.py); here a stand-in records the call and runs the function uncompiled."""
-    import model as model_mod
+def test_compile_option_compiles_the_fast_path(valdir, weights, monkeypatch):
+    """main.py --compile builds engine.InferenceModel(compile=True) (a real compile is tested in
+    test_engine.py); here a stand-in for torch.compile records the call and compiles nothing."""
     calls = []
 
-    def spy(fn, device):
-        calls.append((getattr(fn, '__name__', ''), torch.device(device).type))
+    def spy(fn, **kwargs):
+        calls.append((getattr(fn, '__name__', ''), kwargs))
         return fn
-    monkeypatch.setattr(model_mod, 'compile_for_inference', spy)
+    monkeypatch.setattr(torch, 'compile', spy)
     status, out, _ = run_main('--valdir', valdir, '--weights', weights, '--workers', '0',
                               '--limit', '4', '--compile', '--device', 'cpu')
-    assert status == 0 and calls == [('extract_features', 'cpu')]
+    assert status == 0 and calls == [('forward_features', {'options': {'freezing': True}})]
     assert out.strip().splitlines()[-1].startswith('Test: [4/4]\tPrec@1 ')
+    status, _, err = run_main('--valdir', valdir, '--weights', weights, '--compile', '--plain')
+    assert status == 1 and '--compile compiles the fast path' in err
 
 
 def test_low_precision_on_a_cpu_without_it_warns_once_and_runs_fp32(valdir, weights, tmp_path):
@@ -210,8 +211,8 @@ def test_low_precision_on_a_cpu_without_it_warns_once_and_runs_fp32(valdir, weig
 @pytest.mark.parametrize('precision, native', [('bf16', True), ('bf16', False), ('fp16', False),
                                                ('fp32', False)])
 def test_resolve_precision_keeps_what_the_cpu_has(monkeypatch, precision, native):
-    monkeypatch.setattr(main.operations, 'cpu_has_native_bf16', lambda: native)
-    monkeypatch.setattr(main.operations, 'cpu_has_native_fp16', lambda: native)
+    monkeypatch.setattr(main.engine, 'cpu_has_native_bf16', lambda: native)
+    monkeypatch.setattr(main.engine, 'cpu_has_native_fp16', lambda: native)
     said = []
     got = main.resolve_precision(torch.device('cpu'), precision, warn=said.append)
     expected = precision if native or precision == 'fp32' else 'fp32'
