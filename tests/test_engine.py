@@ -209,7 +209,7 @@ print(tuple(got.shape) == tuple(ref.shape), (got - ref).abs().max().item(), indu
 """
 
 
-def test_compile_for_inference_gives_the_plain_models_features():
+def test_compiled_inference_model_gives_the_plain_models_features():
     """A real inductor compile with freezing, of a one-cell network; inductor compiles the folded
     network's own forward and fuses it itself. In a fresh
     interpreter: inductor's triton import crashes a process that loaded TensorFlow first."""
