@@ -39,8 +39,8 @@ import utils
 from model import MIN_IMAGE_SIZE, NetworkImageNet, PNASNetConfig, load_pretrained
 from operations import (Conv7x1x1x7, DilConv, FactorizedReduce, Pool, ReLUConvBN, SepConv,
                         SkipConnect)
-# the aux head's BatchNorms, which the official release does not hold (tensorflow/models issues
-# 8643 and 3822): a checkpoint without all of them gets fresh ones
+# the aux head's BatchNorms, which the official release does not hold (README, "Weights and
+# data"): a checkpoint without all of them gets fresh ones
 from tf_reference import AUX_BN
 
 LOGIT_TOL = 1e-4  # absolute, on logits of unit scale; scaled by max|logit| when they are larger
