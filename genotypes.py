@@ -9,6 +9,8 @@ first two the other way round (0 = previous cell), so its PNASNet indices ``1, 1
 An experiment is an edit here: add a genotype, then build it with
 ``model.NetworkImageNet(model.PNASNetConfig(genotype='MyGenotype'))``.
 """
+import json
+import os
 from collections import namedtuple
 from typing import Union
 
@@ -154,6 +156,19 @@ def get(genotype: Union[str, Genotype, dict]) -> Genotype:
             raise GenotypeError(f'a genotype dict needs the lists normal, normal_concat, reduce, '
                                 f'reduce_concat: {e}') from None
     return validate(genotype)
+
+
+def load(name_or_file: str) -> Genotype:
+    """A genotype by name, or from a JSON file holding ``to_dict`` output."""
+    if name_or_file.endswith('.json') or os.path.isfile(name_or_file):
+        try:
+            with open(name_or_file) as f:
+                return get(json.load(f))
+        except (OSError, ValueError) as e:
+            if isinstance(e, GenotypeError):
+                raise
+            raise GenotypeError(f'{name_or_file}: cannot read a genotype from it ({e})') from None
+    return get(name_or_file)
 
 
 def to_dict(genotype: Genotype) -> dict:

@@ -235,15 +235,16 @@ class NetworkImageNet(nn.Module):
         self.classifier = nn.Linear(self.num_features, config.num_classes)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """The last cell's output after the final ReLU: [N, num_features, h, w]."""
-        return self._forward_cells(x)[0]
+        """The last cell's output after the final ReLU: [N, num_features, h, w]. Never runs the
+        aux head, in training mode neither: only ``forward`` does."""
+        return self._forward_cells(x, with_aux=False)[0]
 
-    def _forward_cells(self, x: torch.Tensor):
+    def _forward_cells(self, x: torch.Tensor, with_aux: bool):
         s1 = self.conv0_bn(self.conv0(x))
         s0 = None
         drop_prob = self.drop_path_prob if self.training else 0.0
         logits_aux = None
-        want_aux = self.auxiliary_head is not None and self.training
+        want_aux = with_aux and self.auxiliary_head is not None and self.training
         for k, cell in enumerate(self.cells):
             s0, s1 = s1, cell(s0, s1, drop_prob)
             if want_aux and k == self.aux_index:
@@ -259,7 +260,7 @@ class NetworkImageNet(nn.Module):
         return self.classifier(self.dropout(features))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
-        feats, logits_aux = self._forward_cells(x)
+        feats, logits_aux = self._forward_cells(x, with_aux=True)
         return self.forward_head(feats.mean(dim=(2, 3))), logits_aux
 
 
@@ -338,3 +339,116 @@ def load_pretrained(path: str, auxiliary: bool = False, map_location='cpu',
         raise CheckpointError(f'{path}: weights do not fit the network of its config ({what.strip()}); '
                               f'convert the TF checkpoint again with convert.py')
     return net.eval()
+
+
+# --- python model.py --summary ---------------------------------------------------------------------
+
+def summarize(config: PNASNetConfig, image_size: Optional[int] = None, time_forward: bool = True) -> dict:
+    """What a genotype and config make at ``image_size`` (default: the config's): parameters with
+    and without the aux head, multiply-adds per image (counted by FlopCounterMode on the meta
+    device: convolutions and the classifier, half their FLOPs), each cell's output shape, and
+    with ``time_forward`` the plain eval forward's seconds per image on this machine's CPU."""
+    from torch.utils.flop_counter import FlopCounterMode
+    size = image_size or config.image_size
+    aux_fits = config.aux_cell_index is not None and aux_kernel_size(config, size) >= 1
+    config = dataclasses.replace(config, image_size=size, auxiliary=aux_fits)
+    with torch.device('meta'):
+        net = NetworkImageNet(config).eval()
+    params = sum(p.numel() for p in net.parameters())
+    aux = sum(p.numel() for p in net.auxiliary_head.parameters()) if aux_fits else 0
+    shapes = {'conv0': None}
+    names = [f'cell_stem_{k}' if k < 2 else f'cell_{k - 2}' for k in range(len(net.cells))]
+    hooks = [net.conv0_bn.register_forward_hook(lambda m, i, o: shapes.update(conv0=list(o.shape)))]
+    for name, cell in zip(names, net.cells):
+        hooks.append(cell.register_forward_hook(
+            lambda m, i, o, name=name: shapes.__setitem__(name, list(o.shape))))
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        net(torch.empty(1, 3, size, size, device='meta'))
+    for h in hooks:
+        h.remove()
+    genotype = config.genotype if isinstance(config.genotype, str) else 'custom'
+    out = {'genotype': genotype, 'image_size': size, 'stem_multiplier': config.stem_multiplier,
+           'num_conv_filters': config.num_conv_filters, 'num_cells': config.num_cells,
+           'parameters': params - aux, 'parameters_with_aux': params if aux_fits else None,
+           'multiply_adds': counter.get_total_flops() // 2, 'cell_outputs': shapes,
+           'forward_seconds': None}
+    if time_forward:
+        import time
+        real = NetworkImageNet(dataclasses.replace(config, auxiliary=False)).eval()
+        x = torch.randn(1, 3, size, size)
+        times = []
+        with torch.inference_mode():
+            real(x)
+            for _ in range(3):
+                t0 = time.perf_counter()
+                real(x)
+                times.append(time.perf_counter() - t0)
+        out['forward_seconds'] = sorted(times)[1]
+        out['threads'] = torch.get_num_threads()
+    return out
+
+
+def _format_summary(s: dict) -> List[str]:
+    lines = [f'{s["genotype"]}: F={s["num_conv_filters"]}, {s["num_cells"]} cells, stem multiplier '
+             f'{s["stem_multiplier"]:g}, at {s["image_size"]} px',
+             f'  parameters: {s["parameters"]:,} without the aux head'
+             + (f', {s["parameters_with_aux"]:,} with it' if s['parameters_with_aux'] else
+                ' (the aux head does not fit this size)'),
+             f'  multiply-adds: {s["multiply_adds"] / 1e9:.3f} G per image (FlopCounterMode)']
+    if s['forward_seconds'] is not None:
+        lines.append(f'  forward: {s["forward_seconds"] * 1e3:.0f} ms per image (batch 1, eval, '
+                     f'CPU, {s["threads"]} threads)')
+    lines.append('  outputs [N, C, H, W]:')
+    lines += [f'    {name:14s} {shape}' for name, shape in s['cell_outputs'].items()]
+    return lines
+
+
+def main(argv=None) -> int:
+    import argparse
+    import json
+    import sys
+    ap = argparse.ArgumentParser(description='What a genotype makes: python model.py --summary')
+    ap.add_argument('--summary', action='store_true', required=True,
+                    help='print parameters, multiply-adds, cell output shapes and forward time')
+    ap.add_argument('--genotype', default='PNASNet',
+                    help='a name in genotypes.GENOTYPES, or a JSON file of genotypes.to_dict output')
+    ap.add_argument('--compare', nargs=2, metavar=('A', 'B'), help='two genotypes side by side')
+    ap.add_argument('--preset', choices=['large', 'mobile'], default='large')
+    ap.add_argument('--filters', type=int, help='num_conv_filters (default: the preset\'s)')
+    ap.add_argument('--cells', type=int, help='num_cells (default: the preset\'s)')
+    ap.add_argument('--stem-multiplier', type=float, help='(default: the preset\'s)')
+    ap.add_argument('--image-size', type=int, help='default: the preset\'s (331 Large, 224 Mobile)')
+    ap.add_argument('--no-time', action='store_true', help='skip the timed forward')
+    ap.add_argument('--json', action='store_true', help='print the figures as JSON')
+    args = ap.parse_args(argv)
+    overrides = {k: v for k, v in (('num_conv_filters', args.filters), ('num_cells', args.cells),
+                                   ('stem_multiplier', args.stem_multiplier)) if v is not None}
+    try:
+        if args.image_size is not None and args.image_size < MIN_IMAGE_SIZE:
+            raise ValueError(f'--image-size {args.image_size} is below {MIN_IMAGE_SIZE}')
+        results = []
+        for name in args.compare or [args.genotype]:
+            genotype = genotypes_mod.load(name)
+            value = name if name in genotypes_mod.GENOTYPES else genotypes_mod.to_dict(genotype)
+            config = getattr(PNASNetConfig, args.preset)(genotype=value, **overrides)
+            result = summarize(config, args.image_size, time_forward=not args.no_time)
+            result['genotype'] = name
+            results.append(result)
+    except (ValueError, TypeError) as e:  # GenotypeError is a ValueError
+        print(f'model.py: error: {e}', file=sys.stderr)
+        return 1
+    if args.json:
+        print(json.dumps(results if args.compare else results[0], indent=1))
+    elif args.compare:
+        a, b = (_format_summary(r) for r in results)
+        width = max(len(line) for line in a) + 2
+        for k in range(max(len(a), len(b))):
+            print(f'{a[k] if k < len(a) else "":{width}s}{b[k] if k < len(b) else ""}')
+    else:
+        print('\n'.join(_format_summary(results[0])))
+    return 0
+
+
+if __name__ == '__main__':
+    raise SystemExit(main())

@@ -1,5 +1,6 @@
 """The network: parameter counts, genotypes, validation, drop path, padding modes, loading."""
 import dataclasses
+import os
 
 import pytest
 import torch
@@ -217,4 +218,58 @@ def test_genotypes_name_exactly_the_ops_and_import_nothing_of_the_project():
     imported = {alias.name.split('.')[0] for node in ast.walk(tree)
                 if isinstance(node, (ast.Import, ast.ImportFrom))
                 for alias in (node.names if isinstance(node, ast.Import) else [ast.alias(node.module or '')])}
-    assert imported <= {'collections', 'typing'}, imported
+    project = {os.path.splitext(f)[0] for f in os.listdir(os.path.dirname(genotypes.__file__))
+               if f.endswith('.py')}
+    assert imported and not imported & project, imported
+
+
+def test_features_in_training_mode_do_not_run_the_aux_head():
+    """forward_features / extract_features in train mode skip the aux head (a batch of one would
+    fail in its BatchNorm); forward still runs it."""
+    net = model.NetworkImageNet(model.PNASNetConfig.mobile(num_conv_filters=8, auxiliary=True)).train()
+    calls = []
+    net.auxiliary_head.register_forward_hook(lambda *a: calls.append(1))
+    x = torch.randn(1, 3, 224, 224)
+    assert net.extract_features(x).shape == (1, net.num_features)
+    assert net.forward_features(x).shape[:2] == (1, net.num_features) and calls == []
+    logits, logits_aux = net(torch.randn(2, 3, 224, 224))
+    assert calls == [1] and logits_aux.shape == logits.shape
+
+
+def test_summary_counts_equal_flop_counter_mode_and_the_models_parameters():
+    from torch.utils.flop_counter import FlopCounterMode
+    config = PNASNetConfig.mobile(genotype='DARTS_V2', num_conv_filters=8, num_cells=3)
+    s = model.summarize(config, 96, time_forward=True)
+    net = NetworkImageNet(dataclasses.replace(config, image_size=96, auxiliary=True)).eval()
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:  # a real CPU forward, where the summary counted on meta
+        net(torch.randn(1, 3, 96, 96))
+    assert s['multiply_adds'] == counter.get_total_flops() // 2 > 0
+    assert s['parameters_with_aux'] == sum(p.numel() for p in net.parameters())
+    assert s['parameters'] == sum(p.numel() for p in NetworkImageNet(config).parameters())
+    assert s['cell_outputs']['conv0'] == [1, 32, 47, 47] and len(s['cell_outputs']) == 1 + 2 + 3
+    assert s['cell_outputs']['cell_2'][1:] == [net.num_features, 3, 3] and s['forward_seconds'] > 0
+
+
+def test_summary_of_pnasnet5_large_at_331():
+    s = model.summarize(PNASNetConfig.large(), time_forward=False)
+    assert s['parameters'] == 86_061_989  # 86.1 M, as published
+    assert abs(s['multiply_adds'] / 1e9 - 25.0) < 0.1, s['multiply_adds']  # timm: 25.04 GMACs
+
+
+def test_summary_cli_compares_two_genotypes_and_reads_json_genotypes(tmp_path, capsys):
+    import json
+    path = tmp_path / 'mine.json'
+    path.write_text(json.dumps(genotypes.to_dict(genotypes.DARTS_V1)))
+    small = ['--preset', 'mobile', '--filters', '8', '--cells', '3', '--image-size', '64', '--no-time']
+    assert model.main(['--summary', '--compare', 'PNASNet', str(path), '--json'] + small) == 0
+    a, b = json.loads(capsys.readouterr().out)
+    assert a['genotype'] == 'PNASNet' and b['genotype'] == str(path)
+    darts = model.summarize(PNASNetConfig.mobile(genotype='DARTS_V1', num_conv_filters=8,
+                                                 num_cells=3), 64, time_forward=False)
+    assert b['multiply_adds'] == darts['multiply_adds'] != a['multiply_adds']
+    assert model.main(['--summary'] + small) == 0
+    assert 'multiply-adds:' in capsys.readouterr().out
+    assert model.main(['--summary', '--genotype', 'NoSuchNet'] + small) == 1
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "unknown genotype 'NoSuchNet'" in err[0]
