@@ -31,6 +31,9 @@ def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
     try:
         with os.fdopen(fd, 'wb') as f:
             write(f)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from everyone else
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
