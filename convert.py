@@ -436,6 +436,19 @@ def _check_output(output: str, force: bool) -> None:
         raise ConvertError(f'cannot write to the output folder {folder}; choose another --output')
 
 
+def write_weights(payload: dict, output: str, f) -> None:
+    """``payload`` as ``torch.save`` writes it, or for a ``.safetensors`` output the tensors with
+    the config and source as JSON in the file's metadata (a format that cannot carry code)."""
+    if not output.endswith('.safetensors'):
+        torch.save(payload, f)
+        return
+    import json
+    from safetensors.torch import save
+    metadata = {'config': json.dumps(payload['config']), 'source': json.dumps(payload['source'])}
+    state = {k: v.contiguous() for k, v in payload['state_dict'].items()}
+    f.write(save(state, metadata=metadata))
+
+
 def convert(checkpoint: str, output: str, force: bool = False, check: bool = True,
             image_size: Optional[int] = None, log=print, url: Optional[str] = None) -> dict:
     """Converts ``checkpoint`` (prefix, folder or .tar.gz) to ``output``; returns a report.
@@ -481,7 +494,7 @@ def convert(checkpoint: str, output: str, force: bool = False, check: bool = Tru
         payload = {'config': config.to_dict(), 'state_dict': net.state_dict(),
                    'source': {'checkpoint': os.path.basename(prefix), 'parameters': n_params,
                               'aux_head': AUX_NOTES[report['aux_head']]}}
-        utils.write_atomic(output, lambda f: torch.save(payload, f))
+        utils.write_atomic(output, lambda f: write_weights(payload, output, f))
         log(f'wrote {output} ({n_params:,} parameters without the aux head)')
         return report
     finally:
@@ -556,7 +569,9 @@ def main(argv=None) -> int:
                          f'PNASNet-5 Large; Mobile\'s is {OFFICIAL_URLS["mobile"]})')
     ap.add_argument('--no-download', action='store_true',
                     help='never download: a missing checkpoint is an error')
-    ap.add_argument('--output', default='data/PNASNet-5_Large.pth')
+    ap.add_argument('--output', default='data/PNASNet-5_Large.pth',
+                    help='the weights file: .pth, or .safetensors (tensors only, the config in its '
+                         'metadata); model.load_pretrained reads either')
     ap.add_argument('--force', action='store_true', help='replace an existing output file')
     ap.add_argument('--image-size', type=utils.int_at_least(MIN_IMAGE_SIZE),
                     help='size of the test image of check 2 (default: the network\'s own)')

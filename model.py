@@ -297,24 +297,52 @@ def _load_error_summary(e: Exception) -> str:
     return text.splitlines()[0].split('. ')[0].rstrip('.')
 
 
+def _read_safetensors(path: str, map_location) -> dict:
+    """A convert.py ``.safetensors`` output as ``{'config', 'state_dict'}``: the tensors, and the
+    config from the file's metadata. Reading one runs no code, whatever the file holds."""
+    import json
+    try:
+        from safetensors import safe_open
+        device = str(map_location) if isinstance(map_location, (str, torch.device)) else 'cpu'
+        with safe_open(path, framework='pt', device=device) as f:
+            metadata = f.metadata() or {}
+            state_dict = {k: f.get_tensor(k) for k in f.keys()}
+        config = json.loads(metadata['config'])
+    except ImportError:
+        raise CheckpointError(f'{path}: reading .safetensors needs the safetensors package '
+                              f'(pip install -r requirements.txt)') from None
+    except KeyError:
+        raise CheckpointError(f'{path}: a safetensors file without this port\'s config in its '
+                              f'metadata; write it with convert.py --output FILE.safetensors') from None
+    except Exception as e:  # safetensors raises its own error types for damaged files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise CheckpointError(f'{path}: not a safetensors file this port can read ({first}); '
+                              f'convert the TF checkpoint again with convert.py') from None
+    return {'config': config, 'state_dict': state_dict}
+
+
 def load_pretrained(path: str, auxiliary: bool = False, map_location='cpu',
                     **overrides) -> NetworkImageNet:
     """Builds the network a ``convert.py`` output describes, loads its weights, returns it in eval mode.
 
-    The file holds ``{'config': dict, 'state_dict': ...}``; a bare state dict of this model is also
-    accepted and taken as PNASNet-5 Large. ``auxiliary=True`` keeps the aux head (for fine-tuning);
+    The file holds ``{'config': dict, 'state_dict': ...}`` (a ``.pth``, read with
+    ``weights_only=True``, or a ``.safetensors`` with the config in its metadata); a bare state
+    dict of this model is also accepted and taken as PNASNet-5 Large. ``auxiliary=True`` keeps the aux head (for fine-tuning);
     ``overrides`` change config fields that do not touch the weights (e.g. ``padding``,
     ``drop_path_prob``, ``image_size``).
     """
     if not os.path.isfile(path):
         raise CheckpointError(f'{path}: no such weights file; run `python convert.py` first '
                               f'(see README.md)')
-    try:
-        obj = torch.load(path, map_location=map_location, weights_only=True)
-    except Exception as e:  # pickle, zip and torch errors all mean "not a weights file of ours"
-        raise CheckpointError(f'{path}: not a PyTorch weights file this port can read '
-                              f'({_load_error_summary(e)}); convert the TF checkpoint again with '
-                              f'convert.py') from None
+    if path.endswith('.safetensors'):
+        obj = _read_safetensors(path, map_location)
+    else:
+        try:
+            obj = torch.load(path, map_location=map_location, weights_only=True)
+        except Exception as e:  # pickle, zip and torch errors all mean "not a weights file of ours"
+            raise CheckpointError(f'{path}: not a PyTorch weights file this port can read '
+                                  f'({_load_error_summary(e)}); convert the TF checkpoint again '
+                                  f'with convert.py') from None
     if isinstance(obj, dict) and 'state_dict' in obj and 'config' in obj:
         config = PNASNetConfig.from_dict(dict(obj['config']))
         state_dict = obj['state_dict']

@@ -349,3 +349,42 @@ def test_an_archive_that_writes_outside_its_folder_is_refused(tmp_path):
     with pytest.raises(convert.ConvertError, match='cannot unpack the archive'):
         convert.unpack_checkpoint(str(archive), str(tmp_path / 'data'))
     assert not (tmp_path / 'escaped.txt').exists() and os.listdir(tmp_path / 'data') == []
+
+
+def test_safetensors_output_reads_back_identical_and_runs_no_code(small_checkpoint, tmp_path):
+    pth, st = tmp_path / 'w.pth', tmp_path / 'w.safetensors'
+    convert.convert(small_checkpoint['prefix'], str(pth), check=False, log=lambda *a: None)
+    convert.convert(small_checkpoint['prefix'], str(st), check=False, log=lambda *a: None)
+    head = st.read_bytes()[:9]
+    assert head[8:9] == b'{'  # an 8-byte header length, then JSON: no pickle anywhere
+    a, b = model.load_pretrained(str(pth), auxiliary=True), model.load_pretrained(str(st), auxiliary=True)
+    assert a.config == b.config
+    sa, sb = a.state_dict(), b.state_dict()
+    assert sa.keys() == sb.keys() and all(torch.equal(sa[k], sb[k]) for k in sa)
+    damaged = tmp_path / 'damaged.safetensors'
+    damaged.write_bytes(st.read_bytes()[:1000])
+    with pytest.raises(model.CheckpointError, match='not a safetensors file this port can read'):
+        model.load_pretrained(str(damaged))
+
+
+class _RunsCode:
+    def __init__(self, marker):
+        self.marker = marker
+
+    def __reduce__(self):
+        return (open, (self.marker, 'w'))
+
+
+def test_a_pth_that_carries_code_is_refused_with_one_line(small_checkpoint, tmp_path):
+    out = tmp_path / 'w.pth'
+    convert.convert(small_checkpoint['prefix'], str(out), check=False, log=lambda *a: None)
+    payload = torch.load(out, weights_only=True)
+    marker = tmp_path / 'code_ran'
+    payload['extra'] = _RunsCode(str(marker))
+    evil = tmp_path / 'evil.pth'
+    torch.save(payload, evil)
+    with pytest.raises(model.CheckpointError) as info:
+        model.load_pretrained(str(evil))
+    message = str(info.value)
+    assert len(message.splitlines()) == 1 and str(evil) in message
+    assert 'pickles objects other than tensors' in message and not marker.exists()
