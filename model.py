@@ -12,7 +12,7 @@ The 1001 logits put the background class at index 0; ImageNet class k is logit k
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
 import torch.nn as nn
@@ -182,10 +182,45 @@ class AuxiliaryHead(nn.Module):
         return self.classifier(x.flatten(1))
 
 
-class NetworkImageNet(nn.Module):
-    """PNASNet-5 and its relatives for ImageNet; ``forward`` returns ``(logits, logits_aux)``."""
+class FeatureInfo:
+    """The feature maps of ``forward_stages``, in timm's form: ``num_chs``, ``reduction`` (the
+    stride against the input) and ``module`` of each, with timm's accessors."""
 
-    def __init__(self, config: Optional[PNASNetConfig] = None):
+    def __init__(self, info: List[dict]):
+        self.info = info
+
+    def _get(self, key: str, idx=None):
+        if idx is None:
+            return [d[key] for d in self.info]
+        return self.info[idx][key] if isinstance(idx, int) else [self.info[i][key] for i in idx]
+
+    def channels(self, idx=None):
+        return self._get('num_chs', idx)
+
+    def reduction(self, idx=None):
+        return self._get('reduction', idx)
+
+    def module_name(self, idx=None):
+        return self._get('module', idx)
+
+    def get_dicts(self) -> List[dict]:
+        return [dict(d) for d in self.info]
+
+    def __getitem__(self, idx):
+        return self.info[idx]
+
+    def __len__(self) -> int:
+        return len(self.info)
+
+
+class NetworkImageNet(nn.Module):
+    """PNASNet-5 and its relatives for ImageNet; ``forward`` returns ``(logits, logits_aux)``.
+
+    ``features_only`` (as timm's ``create_model`` has it): ``forward`` returns the feature maps
+    of ``forward_stages`` instead, those of ``out_indices`` (default: all five)."""
+
+    def __init__(self, config: Optional[PNASNetConfig] = None, features_only: bool = False,
+                 out_indices: Optional[Sequence[int]] = None):
         super().__init__()
         config = config or PNASNetConfig()
         if config.padding not in PADDING_MODES:
@@ -219,6 +254,22 @@ class NetworkImageNet(nn.Module):
             self.cells.append(cell)
             C_prev_prev, C_prev, reduction_prev = C_prev, cell.multiplier * C, reduction
         self.num_features = C_prev
+        # multi-scale taps, where timm hooks its pnasnet5large: conv0 (BN output, stride 2),
+        # then ReLU of the last cell at each stride (4, 8, 16, 32)
+        taps, stride = [(0, C_stem, 2, 'conv0_bn')], 2
+        for k, cell in enumerate(self.cells):
+            stride *= 2 if cell.reduction else 1
+            last_at_stride = k + 1 == len(self.cells) or self.cells[k + 1].reduction
+            if last_at_stride:
+                taps.append((k + 1, cell.multiplier * cell.C, stride, f'cells.{k}'))
+        self._taps = [layer for layer, _, _, _ in taps]
+        self.feature_info = FeatureInfo([{'num_chs': c, 'reduction': r, 'module': m}
+                                         for _, c, r, m in taps])
+        self.features_only = features_only
+        self.out_indices = tuple(range(len(taps)) if out_indices is None else out_indices)
+        for i in self.out_indices:
+            if not -len(taps) <= i < len(taps):
+                raise ValueError(f'out_indices: {i} is not one of the {len(taps)} feature maps')
 
         self.aux_index = None
         self.auxiliary_head = None
@@ -251,6 +302,44 @@ class NetworkImageNet(nn.Module):
                 logits_aux = self.auxiliary_head(s1)
         return F.relu(s1), logits_aux
 
+    @staticmethod
+    def as_features(net: 'NetworkImageNet', out_indices: Optional[Sequence[int]] = None
+                    ) -> 'NetworkImageNet':
+        """A network with ``net``'s config and weights whose forward returns the maps of
+        ``forward_stages`` (``features_only``); for a network that was built or loaded whole."""
+        features = NetworkImageNet(net.config, features_only=True, out_indices=out_indices)
+        features.load_state_dict(net.state_dict())
+        return features.to(next(net.parameters()).device).train(net.training)
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """New, freshly initialised classifiers (and aux classifier) for ``num_classes``, as
+        timm's models have it; the body is kept."""
+        self.config = dataclasses.replace(self.config, num_classes=num_classes)
+        self.classifier = nn.Linear(self.num_features, num_classes).to(self.classifier.weight)
+        if self.auxiliary_head is not None:
+            old = self.auxiliary_head.classifier
+            self.auxiliary_head.classifier = nn.Linear(old.in_features, num_classes).to(old.weight)
+
+    def forward_stages(self, x: torch.Tensor, out_indices: Optional[Sequence[int]] = None
+                       ) -> List[torch.Tensor]:
+        """The feature maps at strides 2, 4, 8, 16 and 32 (``feature_info``), or those of
+        ``out_indices``; the last one equals ``forward_features(x)``. Cells after the last map
+        asked for are not run."""
+        n = len(self._taps)
+        wanted = sorted({i % n for i in (range(n) if out_indices is None else out_indices)})
+        layers = {self._taps[i]: i for i in wanted}
+        maps = {}
+        s1 = self.conv0_bn(self.conv0(x))
+        if 0 in layers:
+            maps[layers[0]] = s1
+        s0 = None
+        drop_prob = self.drop_path_prob if self.training else 0.0
+        for k, cell in enumerate(self.cells[:max(layers)]):
+            s0, s1 = s1, cell(s0, s1, drop_prob)
+            if k + 1 in layers:
+                maps[layers[k + 1]] = F.relu(s1)
+        return [maps[i] for i in wanted]
+
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         """Global-pool vector [N, num_features] (TF-Hub's feature_vector: 4320 Large, 1080 Mobile)."""
         return self.forward_features(x).mean(dim=(2, 3))
@@ -260,6 +349,8 @@ class NetworkImageNet(nn.Module):
         return self.classifier(self.dropout(features))
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+        if self.features_only:
+            return self.forward_stages(x, self.out_indices)
         feats, logits_aux = self._forward_cells(x, with_aux=True)
         return self.forward_head(feats.mean(dim=(2, 3))), logits_aux
 

@@ -273,3 +273,42 @@ def test_summary_cli_compares_two_genotypes_and_reads_json_genotypes(tmp_path, c
     assert model.main(['--summary', '--genotype', 'NoSuchNet'] + small) == 1
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "unknown genotype 'NoSuchNet'" in err[0]
+
+
+def test_forward_stages_taps_strides_and_channels_match_timms_for_large():
+    import timm
+    with torch.device('meta'):
+        large = NetworkImageNet(PNASNetConfig.large())
+        mobile = NetworkImageNet(PNASNetConfig.mobile())
+    ref = timm.create_model('pnasnet5large', pretrained=False, features_only=True)
+    assert large.feature_info.channels() == ref.feature_info.channels() == [96, 270, 1080, 2160, 4320]
+    assert large.feature_info.reduction() == ref.feature_info.reduction() == [2, 4, 8, 16, 32]
+    assert large.feature_info.module_name() == ['conv0_bn', 'cells.0', 'cells.5', 'cells.9', 'cells.13']
+    assert mobile.feature_info.channels() == [32, 65, 270, 540, 1080]
+    assert mobile.feature_info.reduction() == [2, 4, 8, 16, 32]
+
+
+@pytest.mark.parametrize('preset, size', [('large', 331), ('mobile', 224)])
+def test_forward_stages_shapes_and_the_last_map_is_forward_features(preset, size):
+    torch.manual_seed(0)
+    config = getattr(PNASNetConfig, preset)(num_conv_filters=8)
+    net = NetworkImageNet(config).eval()
+    x = torch.randn(2, 3, size, size)
+    with torch.no_grad():
+        maps = net.forward_stages(x)
+        feats = net.forward_features(x)
+        picked = net.forward_stages(x, out_indices=(1, -1))
+    sizes = model.spatial_sizes(config, size)  # conv0, then every cell
+    taps = [0] + [k + 1 for k, c in enumerate(net.cells)
+                  if k + 1 == len(net.cells) or net.cells[k + 1].reduction]
+    assert [tuple(m.shape) for m in maps] == [
+        (2, c, sizes[t], sizes[t]) for c, t in zip(net.feature_info.channels(), taps)]
+    assert torch.equal(maps[-1], feats) and (maps[1] >= 0).all()
+    assert torch.equal(picked[0], maps[1]) and torch.equal(picked[1], maps[-1])
+    only = NetworkImageNet(config, features_only=True, out_indices=(2, 3))
+    only.load_state_dict(net.state_dict())
+    with torch.no_grad():
+        got = only.eval()(x)
+    assert len(got) == 2 and torch.equal(got[0], maps[2]) and torch.equal(got[1], maps[3])
+    with pytest.raises(ValueError, match='out_indices: 5'):
+        NetworkImageNet(config, features_only=True, out_indices=(5,))
