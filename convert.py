@@ -35,6 +35,7 @@ import numpy as np
 import torch
 import torch.nn as nn
 
+import genotypes
 import utils
 from model import MIN_IMAGE_SIZE, NetworkImageNet, PNASNetConfig, load_pretrained
 from operations import (Conv7x1x1x7, DilConv, FactorizedReduce, Pool, ReLUConvBN, SepConv,
@@ -559,6 +560,191 @@ def _aux_head_as_converted(net: NetworkImageNet, values: Dict[str, np.ndarray], 
     return bool(ok)
 
 
+# --- timm's pnasnet5large, both ways ----------------------------------------------------------------
+
+TIMM_BN = {'gamma': 'weight', 'beta': 'bias', 'moving_mean': 'running_mean',
+           'moving_variance': 'running_var'}
+
+
+def timm_key(tf_name: str) -> Optional[str]:
+    """timm's ``pnasnet5large`` state-dict key of a TF-Slim variable (timm's names come from the
+    same release), or None for what timm does not have (the aux head)."""
+    parts = tf_name.split('/')
+    leaf = parts[-1]
+    param = TIMM_BN.get(leaf, 'weight' if leaf.endswith('weights') else 'bias' if leaf == 'biases' else None)
+    if parts[0].startswith('aux_') or param is None:
+        return None
+    if parts[0] == 'conv0':
+        return f'conv_0.conv.{param}'
+    if parts[0] == 'conv0_bn':
+        return f'conv_0.bn.{param}'
+    if parts[0] == 'final_layer':
+        return f'last_linear.{param}'
+    cell, scope = parts[0], parts[1]
+    simple = {'1x1': 'conv_1x1.conv', 'beginning_bn': 'conv_1x1.bn', 'prev_1x1': 'conv_prev_1x1.conv',
+              'prev_bn': 'conv_prev_1x1.bn', 'path1_conv': 'conv_prev_1x1.path_1.conv',
+              'path2_conv': 'conv_prev_1x1.path_2.conv', 'final_path_bn': 'conv_prev_1x1.final_path_bn'}
+    if scope in simple:
+        return f'{cell}.{simple[scope]}.{param}'
+    branch = f'{cell}.{scope}_{parts[2]}'  # comb_iter_i / left|right
+    op = parts[3]
+    if op.startswith('separable_'):
+        conv = 'depthwise_conv2d' if leaf == 'depthwise_weights' else 'pointwise_conv2d'
+        return f'{branch}.separable_{op[-1]}.{conv}.{param}'
+    if op.startswith('bn_sep_'):
+        return f'{branch}.bn_sep_{op[-1]}.{param}'
+    return f'{branch}.{"conv" if op == "1x1" else "bn"}.{param}'  # 1x1 / bn_1 of a projection
+
+
+def timm_name_map(net: NetworkImageNet) -> List[Tuple[str, str]]:
+    """(this port's key, timm's key) for every tensor both have, BN step counters included."""
+    pairs = []
+    for pt_key, tf_name, _ in name_map(net):
+        key = timm_key(tf_name)
+        if key is None:
+            continue
+        pairs.append((pt_key, key))
+        if tf_name.endswith('/gamma'):
+            pairs.append((pt_key.rsplit('.', 1)[0] + '.num_batches_tracked',
+                          key.rsplit('.', 1)[0] + '.num_batches_tracked'))
+    return pairs
+
+
+def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
+    """A state dict from .pth/.bin (``weights_only``) or .safetensors, unwrapped from a training
+    checkpoint's ``state_dict`` / ``model`` entry."""
+    if not os.path.isfile(path):
+        raise ConvertError(f'{path}: no such file')
+    try:
+        if path.endswith('.safetensors'):
+            from safetensors.torch import load_file
+            obj = load_file(path)
+        else:
+            obj = torch.load(path, map_location='cpu', weights_only=True)
+    except Exception as e:  # pickle, zip, torch and safetensors errors alike
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConvertError(f'{path}: cannot read it as a state dict ({first})') from None
+    for wrapper in ('state_dict', 'model', 'state_dict_ema'):
+        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
+            obj = obj[wrapper]
+            break
+    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
+        raise ConvertError(f'{path}: holds no state dict of tensors')
+    return obj
+
+
+def _timm_model(num_classes: int):
+    try:
+        import timm
+    except ImportError:
+        raise ConvertError('converting timm weights needs timm (pip install -r requirements.txt)') from None
+    return timm.create_model('pnasnet5large', pretrained=False, num_classes=num_classes).eval()
+
+
+def _compare_with_timm(net: NetworkImageNet, timm_net, image_size: int) -> float:
+    """Max |logits - timm's| on two test images; this port's background logit, if it has one,
+    is left out, as timm's label_offset does."""
+    import tf_reference
+    x = torch.from_numpy(tf_reference.calibration_images(image_size, n=2, seed=2018).transpose(0, 3, 1, 2).copy())
+    with torch.no_grad():
+        ours, theirs = net.eval()(x)[0], timm_net(x)
+    if ours.shape[1] == theirs.shape[1] + 1:
+        ours = ours[:, 1:]
+    diff = float((ours - theirs).abs().max()) if ours.shape == theirs.shape else float('inf')
+    return diff, float(theirs.abs().max())
+
+
+def _check_timm(net, timm_net, image_size: int, log) -> dict:
+    diff, scale = _compare_with_timm(net, timm_net, image_size)
+    tol = LOGIT_TOL * max(1.0, scale)
+    log(f'check 2 at {image_size}px: max|logits - timm| = {diff:.3g} (tolerance {tol:.3g})')
+    if not diff <= tol:
+        raise ConvertError(f'the converted model differs from timm\'s by {diff:.3g} (> {tol:.3g}); '
+                           f'nothing was written')
+    return {'logits': diff}
+
+
+def from_timm(path: str, output: str, force: bool = False, check: bool = True,
+              image_size: int = 331, log=print) -> dict:
+    """timm ``pnasnet5large`` weights -> this port's weights file. Its 1000 classes stay 1000
+    (class k is ImageNet class k, no background logit: timm dropped it, label_offset 1)."""
+    _check_output(output, force)
+    state = _read_state_dict(path)
+    if 'last_linear.weight' not in state or 'conv_0.conv.weight' not in state:
+        raise ConvertError(f'{path}: not a timm pnasnet5large state dict (no conv_0.conv.weight '
+                           f'or last_linear.weight)')
+    num_classes = state['last_linear.weight'].shape[0]
+    net = NetworkImageNet(PNASNetConfig.large(num_classes=num_classes))
+    target = net.state_dict()
+    pairs = timm_name_map(net)
+    for pt_key, key in pairs:
+        if key not in state:
+            raise ConvertError(f'{path}: tensor {key} (for {pt_key}) is missing: not a timm '
+                               f'pnasnet5large state dict')
+        if tuple(state[key].shape) != tuple(target[pt_key].shape):
+            raise ConvertError(f'{path}: tensor {key} has shape {list(state[key].shape)}, but '
+                               f'{pt_key} needs {list(target[pt_key].shape)}')
+        target[pt_key].copy_(state[key])
+    unused = sorted(set(state) - {key for _, key in pairs})
+    if unused:
+        raise ConvertError(f'{path}: tensor {unused[0]} was not used ({len(unused)} in all): the '
+                           f'file holds more than a timm pnasnet5large')
+    unset = sorted(set(target) - {pt for pt, _ in pairs})
+    if unset:
+        raise ConvertError(f'the timm weights set no value for {unset[0]} ({len(unset)} in all)')
+    log(f'check 1: all {len(state)} timm tensors used, all {len(target)} PyTorch tensors set')
+    report = {'diffs': None}
+    if check:
+        timm_net = _timm_model(num_classes)
+        timm_net.load_state_dict(state)
+        report['diffs'] = _check_timm(net, timm_net, image_size, log)
+    n_params = sum(p.numel() for p in net.parameters())
+    payload = {'config': net.config.to_dict(), 'state_dict': net.state_dict(),
+               'source': {'timm': os.path.basename(path), 'parameters': n_params,
+                          'aux_head': 'aux head: none in timm\'s pnasnet5large, none converted'}}
+    utils.write_atomic(output, lambda f: write_weights(payload, output, f))
+    log(f'wrote {output} ({n_params:,} parameters, {num_classes} classes)')
+    return report
+
+
+def to_timm(path: str, output: str, force: bool = False, check: bool = True,
+            image_size: Optional[int] = None, log=print) -> dict:
+    """This port's weights file -> a timm ``pnasnet5large`` state dict (.pth or .safetensors).
+    A 1001-class file loses its background logit (row 0), as timm's label_offset 1 has it; the
+    aux head, which timm lacks, is left out."""
+    _check_output(output, force)
+    try:
+        net = load_pretrained(path)
+    except Exception as e:  # CheckpointError, with its one line
+        raise ConvertError(str(e)) from None
+    shape = (net.config.stem_multiplier, net.config.num_conv_filters, net.config.num_cells)
+    if shape != (3.0, 216, 12) or genotypes.get(net.config.genotype) != genotypes.PNASNet:
+        raise ConvertError(f'{path}: timm has only pnasnet5large (PNASNet genotype, 216 filters, '
+                           f'12 cells, stem 96); this file is another network')
+    source = net.state_dict()
+    state = {key: source[pt_key].clone() for pt_key, key in timm_name_map(net)}
+    classes = state['last_linear.weight'].shape[0]
+    if classes == 1001:
+        state['last_linear.weight'] = state['last_linear.weight'][1:].clone()
+        state['last_linear.bias'] = state['last_linear.bias'][1:].clone()
+        classes = 1000
+    timm_net = _timm_model(classes)
+    missing, unexpected = timm_net.load_state_dict(state, strict=False)
+    if missing or unexpected:
+        raise ConvertError(f'the timm layout does not fit timm\'s pnasnet5large (missing '
+                           f'{missing[:2]}, unexpected {unexpected[:2]}); nothing was written')
+    log(f'check 1: all {len(state)} timm tensors set from {path}')
+    report = {'diffs': _check_timm(net, timm_net, image_size or net.config.image_size, log)
+              if check else None}
+    if output.endswith('.safetensors'):
+        from safetensors.torch import save
+        utils.write_atomic(output, lambda f: f.write(save({k: v.contiguous() for k, v in state.items()})))
+    else:
+        utils.write_atomic(output, lambda f: torch.save(state, f))
+    log(f'wrote {output} (timm pnasnet5large, {classes} classes)')
+    return report
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     ap.add_argument('--checkpoint', default='data/model.ckpt',
@@ -569,9 +755,16 @@ def main(argv=None) -> int:
                          f'PNASNet-5 Large; Mobile\'s is {OFFICIAL_URLS["mobile"]})')
     ap.add_argument('--no-download', action='store_true',
                     help='never download: a missing checkpoint is an error')
-    ap.add_argument('--output', default='data/PNASNet-5_Large.pth',
-                    help='the weights file: .pth, or .safetensors (tensors only, the config in its '
-                         'metadata); model.load_pretrained reads either')
+    ap.add_argument('--from-timm', metavar='FILE',
+                    help='convert a timm pnasnet5large state dict (.pth, .bin or .safetensors) '
+                         'instead of a TF checkpoint; its 1000 classes stay 1000 (no background)')
+    ap.add_argument('--to-timm', metavar='FILE',
+                    help='write this port\'s weights FILE in timm\'s pnasnet5large layout to '
+                         '--output (the background logit and the aux head dropped)')
+    ap.add_argument('--output', default=None,
+                    help='the weights file (default data/PNASNet-5_Large.pth): .pth, or '
+                         '.safetensors (tensors only, the config in its metadata); '
+                         'model.load_pretrained reads either')
     ap.add_argument('--force', action='store_true', help='replace an existing output file')
     ap.add_argument('--image-size', type=utils.int_at_least(MIN_IMAGE_SIZE),
                     help='size of the test image of check 2 (default: the network\'s own)')
@@ -581,7 +774,16 @@ def main(argv=None) -> int:
     try:
         if args.self_test:
             return 0 if self_test() else 1
-        convert(args.checkpoint, args.output, force=args.force, image_size=args.image_size,
+        if args.to_timm:
+            if not args.output:
+                raise ConvertError('--to-timm needs --output, the timm state dict to write')
+            to_timm(args.to_timm, args.output, force=args.force, image_size=args.image_size)
+            return 0
+        output = args.output or 'data/PNASNet-5_Large.pth'
+        if args.from_timm:
+            from_timm(args.from_timm, output, force=args.force, image_size=args.image_size or 331)
+            return 0
+        convert(args.checkpoint, output, force=args.force, image_size=args.image_size,
                 url=None if args.no_download else args.url)
         return 0
     except ConvertError as e:

@@ -388,3 +388,58 @@ def test_a_pth_that_carries_code_is_refused_with_one_line(small_checkpoint, tmp_
     message = str(info.value)
     assert len(message.splitlines()) == 1 and str(evil) in message
     assert 'pickles objects other than tensors' in message and not marker.exists()
+
+
+# --- timm's pnasnet5large ---------------------------------------------------------------------------
+
+def test_timm_weights_convert_in_give_timms_logits_and_convert_back_bit_identical(tmp_path):
+    import timm
+    from safetensors.torch import load_file, save_file
+    torch.manual_seed(0)
+    ref = timm.create_model('pnasnet5large', pretrained=False).eval()
+    for m in ref.modules():
+        if isinstance(m, torch.nn.BatchNorm2d):
+            m.running_var.uniform_(0.5, 2)
+            m.running_mean.normal_(0, 0.1)
+            m.num_batches_tracked.fill_(7)
+    state = ref.state_dict()
+    source = tmp_path / 'timm.safetensors'
+    save_file({k: v.contiguous() for k, v in state.items()}, str(source))
+    ours, lines = tmp_path / 'ours.pth', []
+    report = convert.from_timm(str(source), str(ours), log=lines.append)
+    assert report['diffs']['logits'] < TOL and lines[0].startswith(f'check 1: all {len(state)} timm tensors used')
+    net = model.load_pretrained(str(ours))
+    assert net.config.num_classes == 1000 and net.auxiliary_head is None
+    x = torch.randn(1, 3, 331, 331)
+    with torch.no_grad():
+        assert (net(x)[0] - ref(x)).abs().max() < TOL  # class k is timm's class k
+    status, err = run_cli('--to-timm', str(ours), '--output', str(tmp_path / 'back.safetensors'))
+    assert status == 0, err
+    back = load_file(str(tmp_path / 'back.safetensors'))
+    assert back.keys() == state.keys() and all(torch.equal(back[k], state[k]) for k in state)
+
+
+def test_a_1001_class_file_loses_its_background_logit_for_timm(tmp_path):
+    torch.manual_seed(1)
+    net = model.NetworkImageNet(PNASNetConfig.large(auxiliary=True))
+    path = tmp_path / 'ours.pth'
+    torch.save({'config': net.config.to_dict(), 'state_dict': net.state_dict()}, path)
+    report = convert.to_timm(str(path), str(tmp_path / 'timm.pth'), log=lambda *a: None)
+    assert report['diffs']['logits'] < TOL
+    state = torch.load(tmp_path / 'timm.pth', weights_only=True)
+    assert torch.equal(state['last_linear.weight'], net.classifier.weight[1:])
+    assert not [k for k in state if 'aux' in k]
+
+
+def test_timm_conversion_errors_name_the_file(tmp_path, small_checkpoint):
+    other = tmp_path / 'other.pth'
+    torch.save({'fc.weight': torch.zeros(3, 4)}, other)
+    status, err = run_cli('--from-timm', str(other), '--output', str(tmp_path / 'o.pth'))
+    assert status == 1 and f'{other}: not a timm pnasnet5large state dict' in err
+    mobile = tmp_path / 'mobile.pth'
+    convert.convert(small_checkpoint['prefix'], str(mobile), check=False, log=lambda *a: None)
+    status, err = run_cli('--to-timm', str(mobile), '--output', str(tmp_path / 't.pth'))
+    assert status == 1 and 'timm has only pnasnet5large' in err
+    status, err = run_cli('--to-timm', str(mobile))
+    assert status == 1 and '--to-timm needs --output' in err
+    assert not (tmp_path / 'o.pth').exists() and not (tmp_path / 't.pth').exists()
