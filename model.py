@@ -17,6 +17,7 @@ from typing import List, Optional, Sequence, Tuple, Union
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+import torch.utils.checkpoint
 
 import genotypes as genotypes_mod
 from operations import OPS, PADDING_MODES, FactorizedReduce, ReLUConvBN, SkipConnect, batch_norm, drop_path
@@ -265,6 +266,7 @@ class NetworkImageNet(nn.Module):
         self._taps = [layer for layer, _, _, _ in taps]
         self.feature_info = FeatureInfo([{'num_chs': c, 'reduction': r, 'module': m}
                                          for _, c, r, m in taps])
+        self.grad_checkpointing = False  # set_grad_checkpointing: recompute each cell in backward
         self.features_only = features_only
         self.out_indices = tuple(range(len(taps)) if out_indices is None else out_indices)
         for i in self.out_indices:
@@ -296,8 +298,13 @@ class NetworkImageNet(nn.Module):
         drop_prob = self.drop_path_prob if self.training else 0.0
         logits_aux = None
         want_aux = with_aux and self.auxiliary_head is not None and self.training
+        checkpoint = self.grad_checkpointing and self.training and torch.is_grad_enabled()
         for k, cell in enumerate(self.cells):
-            s0, s1 = s1, cell(s0, s1, drop_prob)
+            if checkpoint:  # the RNG state is kept, so drop path draws the same masks again
+                s0, s1 = s1, torch.utils.checkpoint.checkpoint(cell, s0, s1, drop_prob,
+                                                               use_reentrant=False)
+            else:
+                s0, s1 = s1, cell(s0, s1, drop_prob)
             if want_aux and k == self.aux_index:
                 logits_aux = self.auxiliary_head(s1)
         return F.relu(s1), logits_aux
@@ -313,12 +320,17 @@ class NetworkImageNet(nn.Module):
 
     def reset_classifier(self, num_classes: int) -> None:
         """New, freshly initialised classifiers (and aux classifier) for ``num_classes``, as
-        timm's models have it; the body is kept."""
+        timm's models have it (0: none, the pooled features come out); the body is kept."""
+        def head(in_features: int, like: nn.Module) -> nn.Module:
+            if num_classes == 0:  # timm's convention: the model then returns pooled features
+                return nn.Identity()
+            param = next(like.parameters(), None)
+            linear = nn.Linear(in_features, num_classes)
+            return linear if param is None else linear.to(param)
         self.config = dataclasses.replace(self.config, num_classes=num_classes)
-        self.classifier = nn.Linear(self.num_features, num_classes).to(self.classifier.weight)
+        self.classifier = head(self.num_features, self.classifier)
         if self.auxiliary_head is not None:
-            old = self.auxiliary_head.classifier
-            self.auxiliary_head.classifier = nn.Linear(old.in_features, num_classes).to(old.weight)
+            self.auxiliary_head.classifier = head(768, self.auxiliary_head.classifier)
 
     def forward_stages(self, x: torch.Tensor, out_indices: Optional[Sequence[int]] = None
                        ) -> List[torch.Tensor]:
@@ -344,9 +356,32 @@ class NetworkImageNet(nn.Module):
         """Global-pool vector [N, num_features] (TF-Hub's feature_vector: 4320 Large, 1080 Mobile)."""
         return self.forward_features(x).mean(dim=(2, 3))
 
-    def forward_head(self, features: torch.Tensor) -> torch.Tensor:
-        """Logits from ``extract_features`` output."""
-        return self.classifier(self.dropout(features))
+    def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        """Logits from ``extract_features`` output, or from ``forward_features`` output (pooled
+        first), as timm's models have it; ``pre_logits``: the pooled features, after dropout."""
+        if features.dim() == 4:
+            features = features.mean(dim=(2, 3))
+        features = self.dropout(features)
+        return features if pre_logits else self.classifier(features)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        """Recompute each cell in the backward pass instead of keeping its activations (training
+        memory for compute, as timm's models have it)."""
+        self.grad_checkpointing = enable
+
+    @property
+    def pretrained_cfg(self) -> dict:
+        """What the weights expect, in timm's form: TF-Slim's inception preprocessing (central
+        crop 0.875, bilinear, [-1, 1]), the background class at logit 0 when there are 1001."""
+        size = self.config.image_size
+        pool = spatial_sizes(self.config, size)[-1]
+        return {'input_size': (3, size, size), 'pool_size': (pool, pool), 'crop_pct': 0.875,
+                'interpolation': 'bilinear', 'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5),
+                'num_classes': self.config.num_classes, 'first_conv': 'conv0',
+                'classifier': 'classifier', 'label_offset': 1 if self.config.num_classes == 1001 else 0,
+                'fixed_input_size': False}
+
+    default_cfg = pretrained_cfg
 
     def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
         if self.features_only:

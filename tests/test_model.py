@@ -312,3 +312,50 @@ def test_forward_stages_shapes_and_the_last_map_is_forward_features(preset, size
     assert len(got) == 2 and torch.equal(got[0], maps[2]) and torch.equal(got[1], maps[3])
     with pytest.raises(ValueError, match='out_indices: 5'):
         NetworkImageNet(config, features_only=True, out_indices=(5,))
+
+
+@pytest.mark.parametrize('preset', ['large', 'mobile'])
+def test_timm_style_default_cfg_forward_features_and_reset_classifier(preset):
+    """The checks timm's tests/test_models.py makes of its models (default cfgs, forward
+    features, features_only), here of this model at a small width."""
+    torch.manual_seed(0)
+    net = NetworkImageNet(getattr(PNASNetConfig, preset)(num_conv_filters=8)).eval()
+    cfg = net.pretrained_cfg
+    assert cfg is not None and cfg == net.default_cfg
+    for key in ('input_size', 'pool_size', 'crop_pct', 'interpolation', 'mean', 'std',
+                'first_conv', 'classifier', 'num_classes'):
+        assert key in cfg, key
+    assert cfg['interpolation'] == 'bilinear' and cfg['crop_pct'] == 0.875 and cfg['mean'] == (0.5,) * 3
+    assert cfg['num_classes'] == 1001 and cfg['label_offset'] == 1
+    state = net.state_dict()
+    assert cfg['first_conv'] + '.weight' in state and cfg['classifier'] + '.weight' in state
+    x = torch.randn(1, *cfg['input_size'])
+    with torch.no_grad():
+        feats = net.forward_features(x)
+        assert tuple(feats.shape[-2:]) == cfg['pool_size'] and feats.shape[1] == net.num_features
+        pre = net.forward_head(feats, pre_logits=True)
+        assert pre.shape == (1, net.num_features)
+        assert torch.equal(net.forward_head(feats), net(x)[0])
+        net.reset_classifier(0)
+        out = net(x)[0]
+    assert out.shape == (1, net.num_features) and torch.equal(out, pre)
+    assert net.feature_info.channels()[-1] == net.num_features and net.feature_info.reduction()[-1] == 32
+
+
+def test_grad_checkpointing_gives_the_same_loss_and_gradients():
+    config = PNASNetConfig.mobile(num_conv_filters=8, num_cells=3, auxiliary=True, drop_path_prob=0.3,
+                                  image_size=96)
+    torch.manual_seed(0)
+    net = NetworkImageNet(config).train()
+    x, y = torch.randn(2, 3, 96, 96), torch.tensor([1, 2])
+    grads = []
+    for enable in (False, True):
+        net.set_grad_checkpointing(enable)
+        net.zero_grad()
+        torch.manual_seed(5)  # the same drop-path masks in both runs
+        logits, aux = net(x)
+        loss = torch.nn.functional.cross_entropy(logits, y) + 0.4 * torch.nn.functional.cross_entropy(aux, y)
+        loss.backward()
+        grads.append((loss.item(), [p.grad.clone() for p in net.parameters()]))
+    assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
+    assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[0][1], grads[1][1]))
