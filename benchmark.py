@@ -209,7 +209,7 @@ def _forward(net, inp, device, dtype=None):
     def fn():
         with torch.inference_mode(), torch.autocast(device.type, dtype=dtype or torch.float32,
                                                     enabled=dtype is not None):
-            out = net(inp)[0]
+            out = net(inp)
         if device.type == 'cuda':
             torch.cuda.synchronize()
         return out

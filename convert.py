@@ -403,7 +403,7 @@ def compare_with_tf(prefix: str, net: NetworkImageNet, image_size: int,
     x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
     net.eval()
     with torch.no_grad():
-        logits = net(x)[0].numpy()
+        logits = net(x).numpy()
         feats = net.extract_features(x).numpy()
     out = {'logits': float(np.abs(logits - ref['logits']).max()),
            'features': float(np.abs(feats - ref['global_pool']).max()),
@@ -647,7 +647,7 @@ def _compare_with_timm(net: NetworkImageNet, timm_net, image_size: int) -> float
     import tf_reference
     x = torch.from_numpy(tf_reference.calibration_images(image_size, n=2, seed=2018).transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
-        ours, theirs = net.eval()(x)[0], timm_net(x)
+        ours, theirs = net.eval()(x), timm_net(x)
     if ours.shape[1] == theirs.shape[1] + 1:
         ours = ours[:, 1:]
     diff = float((ours - theirs).abs().max()) if ours.shape == theirs.shape else float('inf')

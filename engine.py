@@ -506,7 +506,7 @@ class InferenceModel(nn.Module):
     In a process that imported TensorFlow first, torch.compile crashes in triton's native
     library: build a compiled model before importing TensorFlow.
 
-    ``forward`` returns ``(logits, None)`` like the network in eval mode; ``extract_features``,
+    ``forward`` returns the logits like the network in eval mode; ``extract_features``,
     ``forward_features`` and ``forward_head`` are the network's. Forward hooks on its cells see
     nothing: the plans call no cell.
     """
@@ -560,8 +560,8 @@ class InferenceModel(nn.Module):
     def forward_head(self, features: torch.Tensor) -> torch.Tensor:
         return self.net.forward_head(features)
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, None]:
-        return self.forward_head(self.extract_features(x)), None
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.extract_features(x))
 
 
 def _compile_options(net: nn.Module) -> dict:

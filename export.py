@@ -38,7 +38,7 @@ class Logits(torch.nn.Module):
         self.net = net
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.net(x)[0]
+        return self.net(x)
 
 
 def test_inputs(size: int, batches) -> list:

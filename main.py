@@ -262,7 +262,7 @@ def classify_images(net, paths, args, device) -> None:
         x = utils.preprocess_for_eval(image, args.image_size, args.image_size)
         x = torch.from_numpy(x.transpose(2, 0, 1).copy())[None].to(device)
         with torch.inference_mode(), autocast(device, args.precision):
-            logits = net(x)[0].float()
+            logits = net(x).float()
         probs = torch.softmax(logits, dim=1)[0].cpu()
         print(path)
         for p, k in zip(*probs.topk(5)):

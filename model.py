@@ -215,7 +215,8 @@ class FeatureInfo:
 
 
 class NetworkImageNet(nn.Module):
-    """PNASNet-5 and its relatives for ImageNet; ``forward`` returns ``(logits, logits_aux)``.
+    """PNASNet-5 and its relatives for ImageNet; ``forward`` returns the logits, and
+    ``(logits, logits_aux)`` in training mode with the aux head.
 
     ``features_only`` (as timm's ``create_model`` has it): ``forward`` returns the feature maps
     of ``forward_stages`` instead, those of ``out_indices`` (default: all five)."""
@@ -383,11 +384,15 @@ class NetworkImageNet(nn.Module):
 
     default_cfg = pretrained_cfg
 
-    def forward(self, x: torch.Tensor) -> Tuple[torch.Tensor, Optional[torch.Tensor]]:
+    def forward(self, x: torch.Tensor):
+        """The logits [N, num_classes], as timm's and torchvision's models return them; in
+        training mode with the aux head, ``(logits, logits_aux)`` (torchvision's inception
+        convention); with ``features_only``, the maps of ``forward_stages``."""
         if self.features_only:
             return self.forward_stages(x, self.out_indices)
         feats, logits_aux = self._forward_cells(x, with_aux=True)
-        return self.forward_head(feats.mean(dim=(2, 3))), logits_aux
+        logits = self.forward_head(feats.mean(dim=(2, 3)))
+        return logits if logits_aux is None else (logits, logits_aux)
 
 
 def pnasnet5large(**overrides) -> NetworkImageNet:

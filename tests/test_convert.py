@@ -49,7 +49,7 @@ def test_network_matches_tf_twin(tmp_path, tf, preset, filters, sizes):
     for size, batch, ref in zip(sizes, batches, refs):
         x = torch.from_numpy(batch.transpose(0, 3, 1, 2).copy())
         with torch.no_grad():
-            logits = net(x)[0].numpy()
+            logits = net(x).numpy()
             feats = net.extract_features(x).numpy()
         aux = aux_logits(net, x).numpy()
         d_logits = np.abs(logits - ref['logits']).max()
@@ -78,7 +78,7 @@ def test_convert_runs_both_checks_and_writes_a_loadable_file(small_checkpoint, t
     net = model.load_pretrained(str(out))
     x = torch.from_numpy(small_checkpoint['images'].transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
-        d = np.abs(net(x)[0].numpy() - small_checkpoint['ends']['logits']).max()
+        d = np.abs(net(x).numpy() - small_checkpoint['ends']['logits']).max()
     assert d < TOL
     assert not [p for p in os.listdir(out.parent) if p.endswith('.tmp')]
 
@@ -232,7 +232,7 @@ def test_release_shaped_mobile_checkpoint_through_the_cli_without_tf_log_lines(s
     net = model.load_pretrained(str(out))
     x = torch.from_numpy(small_checkpoint['images'].transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
-        d = np.abs(net(x)[0].numpy() - small_checkpoint['ends']['logits']).max()
+        d = np.abs(net(x).numpy() - small_checkpoint['ends']['logits']).max()
     assert d < TOL  # the classification network is the one of the complete checkpoint
 
 
@@ -412,7 +412,7 @@ def test_timm_weights_convert_in_give_timms_logits_and_convert_back_bit_identica
     assert net.config.num_classes == 1000 and net.auxiliary_head is None
     x = torch.randn(1, 3, 331, 331)
     with torch.no_grad():
-        assert (net(x)[0] - ref(x)).abs().max() < TOL  # class k is timm's class k
+        assert (net(x) - ref(x)).abs().max() < TOL  # class k is timm's class k
     status, err = run_cli('--to-timm', str(ours), '--output', str(tmp_path / 'back.safetensors'))
     assert status == 0, err
     back = load_file(str(tmp_path / 'back.safetensors'))

@@ -146,14 +146,14 @@ def test_engine_gives_the_plain_models_logits_for_every_genotype(genotype):
                          (70, 3, torch.contiguous_format)):
         x = torch.randn(n, 3, size, size + 3)
         with torch.inference_mode():
-            ref, feats = net(x)[0], net.extract_features(x)
-            got = fast(x.contiguous(memory_format=fmt))[0]
+            ref, feats = net(x), net.extract_features(x)
+            got = fast(x.contiguous(memory_format=fmt))
             got_feats = fast.extract_features(x.contiguous(memory_format=fmt))
         assert (got - ref).abs().max() < 1e-5, (genotype, size)
         assert (got_feats - feats).abs().max() < 1e-5
     unfused = engine.InferenceModel(net, engine=False)
     with torch.inference_mode():
-        assert (unfused(x)[0] - ref).abs().max() < 1e-5
+        assert (unfused(x) - ref).abs().max() < 1e-5
 
 
 def test_engine_under_bf16_autocast_stays_close_and_the_model_is_inference_only():
@@ -161,9 +161,9 @@ def test_engine_under_bf16_autocast_stays_close_and_the_model_is_inference_only(
     fast = engine.InferenceModel(net)
     x = channels_last(torch.randn(2, 3, 96, 96))
     with torch.inference_mode():
-        ref = net(x)[0]
+        ref = net(x)
         with torch.autocast('cpu', dtype=torch.bfloat16):
-            low = fast(x)[0].float()
+            low = fast(x).float()
     assert 0 < (low - ref).abs().max() < 0.05 * max(1.0, ref.abs().max().item())
     assert low.argmax(1).tolist() == ref.argmax(1).tolist()
     with pytest.raises(RuntimeError, match='inference only'):
@@ -235,7 +235,7 @@ def test_fast_path_gives_the_plain_models_logits(small_checkpoint, tmp_path):
     for size in (224, 225, 299, 331):
         x = torch.from_numpy(tf_reference.calibration_images(size, n=2, seed=size).transpose(0, 3, 1, 2).copy())
         with torch.no_grad():
-            a, b = plain(x)[0], fast(x.contiguous(memory_format=fast.memory_format))[0]
+            a, b = plain(x), fast(x.contiguous(memory_format=fast.memory_format))
             fa, fb = plain.extract_features(x), fast.extract_features(x)
         assert 0.2 < a.abs().max() < 10
         d = (a - b).abs().max().item()

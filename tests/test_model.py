@@ -54,9 +54,10 @@ def test_every_genotype_builds_and_runs(name):
     assert torch.isfinite(logits).all() and torch.isfinite(aux).all()
     net.eval()
     with torch.no_grad():
-        logits, aux = net(x)
+        logits = net(x)
         feats = net.extract_features(x)
-    assert aux is None and feats.shape == (2, net.num_features)
+    assert isinstance(logits, torch.Tensor) and logits.shape == (2, 10)
+    assert feats.shape == (2, net.num_features)
     concat = len(genotypes.GENOTYPES[name].normal_concat)
     assert net.num_features == concat * 8 * 4  # two reductions double the width twice
 
@@ -114,9 +115,9 @@ def test_drop_path_is_identity_in_eval_and_scales_survivors_in_training():
     net.eval()
     with torch.no_grad():
         net.drop_path_prob = 0.0
-        ref = net(x)[0]
+        ref = net(x)
         net.drop_path_prob = 0.5
-        assert torch.equal(net(x)[0], ref)  # eval: no drop path whatever the probability
+        assert torch.equal(net(x), ref)  # eval: no drop path whatever the probability
     # TF-Slim scales the rate by the cell's position: (cell_num + 1) / (num_cells + 2)
     assert [c.drop_scale for c in net.cells] == [(k + 1) / 7 for k in range(7)]
     # training: examples differ from the no-drop output only where drop path was applied
@@ -126,10 +127,10 @@ def test_drop_path_is_identity_in_eval_and_scales_survivors_in_training():
             m.eval()
     with torch.no_grad():
         net.drop_path_prob = 0.0
-        no_drop = net(x)[0]
+        no_drop = net(x)
         net.drop_path_prob = 0.5
         torch.manual_seed(0)
-        dropped = net(x)[0]
+        dropped = net(x)
     assert torch.allclose(no_drop, ref, atol=1e-5)
     assert not torch.allclose(dropped, ref, atol=1e-3)
 
@@ -165,7 +166,7 @@ def test_load_pretrained_reads_config_files_and_bare_state_dicts(tmp_path):
     assert not loaded.training and loaded.auxiliary_head is None
     assert loaded.genotype == genotypes.DARTS_V2
     with torch.no_grad():
-        assert torch.equal(loaded(x)[0], net(x)[0])
+        assert torch.equal(loaded(x), net(x))
     assert model.load_pretrained(str(path), auxiliary=True).auxiliary_head is not None
 
     large = model.pnasnet5large().eval()
@@ -335,9 +336,9 @@ def test_timm_style_default_cfg_forward_features_and_reset_classifier(preset):
         assert tuple(feats.shape[-2:]) == cfg['pool_size'] and feats.shape[1] == net.num_features
         pre = net.forward_head(feats, pre_logits=True)
         assert pre.shape == (1, net.num_features)
-        assert torch.equal(net.forward_head(feats), net(x)[0])
+        assert torch.equal(net.forward_head(feats), net(x))
         net.reset_classifier(0)
-        out = net(x)[0]
+        out = net(x)
     assert out.shape == (1, net.num_features) and torch.equal(out, pre)
     assert net.feature_info.channels()[-1] == net.num_features and net.feature_info.reduction()[-1] == 32
 
