@@ -444,10 +444,13 @@ def write_weights(payload: dict, output: str, f) -> None:
         torch.save(payload, f)
         return
     import json
-    from safetensors.torch import save
     metadata = {'config': json.dumps(payload['config']), 'source': json.dumps(payload['source'])}
-    state = {k: v.contiguous() for k, v in payload['state_dict'].items()}
-    f.write(save(state, metadata=metadata))
+    _write_safetensors(payload['state_dict'], f, metadata)
+
+
+def _write_safetensors(state: Dict[str, torch.Tensor], f, metadata: Optional[dict] = None) -> None:
+    from safetensors.torch import save
+    f.write(save({k: v.contiguous() for k, v in state.items()}, metadata=metadata))
 
 
 def convert(checkpoint: str, output: str, force: bool = False, check: bool = True,
@@ -641,9 +644,9 @@ def _timm_model(num_classes: int):
     return timm.create_model('pnasnet5large', pretrained=False, num_classes=num_classes).eval()
 
 
-def _compare_with_timm(net: NetworkImageNet, timm_net, image_size: int) -> float:
-    """Max |logits - timm's| on two test images; this port's background logit, if it has one,
-    is left out, as timm's label_offset does."""
+def _compare_with_timm(net: NetworkImageNet, timm_net, image_size: int) -> Tuple[float, float]:
+    """(max |logits - timm's|, max |timm's logits|) on two test images; this port's background
+    logit, if it has one, is left out, as timm's label_offset does."""
     import tf_reference
     x = torch.from_numpy(tf_reference.calibration_images(image_size, n=2, seed=2018).transpose(0, 3, 1, 2).copy())
     with torch.no_grad():
@@ -737,8 +740,7 @@ def to_timm(path: str, output: str, force: bool = False, check: bool = True,
     report = {'diffs': _check_timm(net, timm_net, image_size or net.config.image_size, log)
               if check else None}
     if output.endswith('.safetensors'):
-        from safetensors.torch import save
-        utils.write_atomic(output, lambda f: f.write(save({k: v.contiguous() for k, v in state.items()})))
+        utils.write_atomic(output, lambda f: _write_safetensors(state, f))
     else:
         utils.write_atomic(output, lambda f: torch.save(state, f))
     log(f'wrote {output} (timm pnasnet5large, {classes} classes)')

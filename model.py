@@ -567,6 +567,8 @@ def main(argv=None) -> int:
     import argparse
     import json
     import sys
+
+    import utils
     ap = argparse.ArgumentParser(description='What a genotype makes: python model.py --summary')
     ap.add_argument('--summary', action='store_true', required=True,
                     help='print parameters, multiply-adds, cell output shapes and forward time')
@@ -574,18 +576,18 @@ def main(argv=None) -> int:
                     help='a name in genotypes.GENOTYPES, or a JSON file of genotypes.to_dict output')
     ap.add_argument('--compare', nargs=2, metavar=('A', 'B'), help='two genotypes side by side')
     ap.add_argument('--preset', choices=['large', 'mobile'], default='large')
-    ap.add_argument('--filters', type=int, help='num_conv_filters (default: the preset\'s)')
-    ap.add_argument('--cells', type=int, help='num_cells (default: the preset\'s)')
+    ap.add_argument('--filters', type=utils.int_at_least(1),
+                    help='num_conv_filters (default: the preset\'s)')
+    ap.add_argument('--cells', type=utils.int_at_least(1), help='num_cells (default: the preset\'s)')
     ap.add_argument('--stem-multiplier', type=float, help='(default: the preset\'s)')
-    ap.add_argument('--image-size', type=int, help='default: the preset\'s (331 Large, 224 Mobile)')
+    ap.add_argument('--image-size', type=utils.int_at_least(MIN_IMAGE_SIZE),
+                    help='default: the preset\'s (331 Large, 224 Mobile)')
     ap.add_argument('--no-time', action='store_true', help='skip the timed forward')
     ap.add_argument('--json', action='store_true', help='print the figures as JSON')
     args = ap.parse_args(argv)
     overrides = {k: v for k, v in (('num_conv_filters', args.filters), ('num_cells', args.cells),
                                    ('stem_multiplier', args.stem_multiplier)) if v is not None}
     try:
-        if args.image_size is not None and args.image_size < MIN_IMAGE_SIZE:
-            raise ValueError(f'--image-size {args.image_size} is below {MIN_IMAGE_SIZE}')
         results = []
         for name in args.compare or [args.genotype]:
             genotype = genotypes_mod.load(name)
