@@ -24,8 +24,11 @@ import utils
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--valdir', default='data/val', help='ImageNet val, one folder per wnid')
-    ap.add_argument('--weights', default='data/PNASNet-5_Large.pth', help='output of convert.py')
+    ap.add_argument('--valdir', default='data/val',
+                    help='ImageNet val, one folder per wnid; for a train.py output, one folder '
+                         'per class of its training data (labelled by the class names it carries)')
+    ap.add_argument('--weights', default='data/PNASNet-5_Large.pth',
+                    help='output of convert.py, or best.pth of train.py')
     ap.add_argument('--image-size', type=utils.int_at_least(model_mod.MIN_IMAGE_SIZE),
                     help='default: the checkpoint\'s (331 Large, 224 Mobile)')
     ap.add_argument('--batch-size', type=utils.int_at_least(1), default=32)
@@ -114,7 +117,9 @@ def load_model(weights: str, device: torch.device, plain: bool = False, compile:
     net = net.to(device).eval()
     if plain:
         return net
-    return engine.InferenceModel(net, channels_last=True, compile=compile)
+    fast = engine.InferenceModel(net, channels_last=True, compile=compile)
+    fast.class_names = net.class_names
+    return fast
 
 
 def autocast(device: torch.device, precision: str):
@@ -251,7 +256,8 @@ def summarize(parts: List[dict], samples, args, device, net) -> dict:
 
 
 def classify_images(net, paths, args, device) -> None:
-    names = [name for _, name in utils.read_class_names()]
+    own = getattr(net, 'class_names', None)  # a train.py output's classes
+    names = own or [name for _, name in utils.read_class_names()]
     for path in paths:
         if not os.path.isfile(path):
             raise UserError(f'{path}: no such image file')
@@ -267,7 +273,9 @@ def classify_images(net, paths, args, device) -> None:
         print(path)
         for p, k in zip(*probs.topk(5)):
             k = int(k)
-            if probs.numel() == 1001:
+            if own:
+                label = own[k]
+            elif probs.numel() == 1001:
                 label = 'background' if k == 0 else names[k - 1]
             else:
                 label = names[k] if probs.numel() == 1000 else f'class {k}'
@@ -300,7 +308,7 @@ def run(args) -> int:
                 classify_images(net, args.image, args, device)
             return 0
         try:
-            samples, _, how = utils.find_images(args.valdir)
+            samples, _, how = utils.find_images(args.valdir, getattr(net, 'class_names', None))
         except (FileNotFoundError, ValueError) as e:
             raise UserError(str(e)) from None
         if args.limit:

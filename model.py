@@ -268,6 +268,7 @@ class NetworkImageNet(nn.Module):
         self.feature_info = FeatureInfo([{'num_chs': c, 'reduction': r, 'module': m}
                                          for _, c, r, m in taps])
         self.grad_checkpointing = False  # set_grad_checkpointing: recompute each cell in backward
+        self.class_names: Optional[List[str]] = None  # set by load_pretrained from a train.py output
         self.features_only = features_only
         self.out_indices = tuple(range(len(taps)) if out_indices is None else out_indices)
         for i in self.out_indices:
@@ -452,16 +453,12 @@ def _read_safetensors(path: str, map_location) -> dict:
     return {'config': config, 'state_dict': state_dict}
 
 
-def load_pretrained(path: str, auxiliary: bool = False, map_location='cpu',
-                    **overrides) -> NetworkImageNet:
-    """Builds the network a ``convert.py`` output describes, loads its weights, returns it in eval mode.
+def read_weights(path: str, map_location='cpu') -> dict:
+    """A ``convert.py`` or ``train.py`` output as ``{'config': PNASNetConfig, 'state_dict': ...,
+    'class_names': list or None, 'source': dict}``, without building the network.
 
-    The file holds ``{'config': dict, 'state_dict': ...}`` (a ``.pth``, read with
-    ``weights_only=True``, or a ``.safetensors`` with the config in its metadata); a bare state
-    dict of this model is also accepted and taken as PNASNet-5 Large. ``auxiliary=True`` keeps the aux head (for fine-tuning);
-    ``overrides`` change config fields that do not touch the weights (e.g. ``padding``,
-    ``drop_path_prob``, ``image_size``).
-    """
+    A ``.pth`` is read with ``torch.load(weights_only=True)``, a ``.safetensors`` with the config
+    in its metadata; a bare state dict of this model is taken as PNASNet-5 Large."""
     if not os.path.isfile(path):
         raise CheckpointError(f'{path}: no such weights file; run `python convert.py` first '
                               f'(see README.md)')
@@ -475,19 +472,32 @@ def load_pretrained(path: str, auxiliary: bool = False, map_location='cpu',
                                   f'({_load_error_summary(e)}); convert the TF checkpoint again '
                                   f'with convert.py') from None
     if isinstance(obj, dict) and 'state_dict' in obj and 'config' in obj:
-        config = PNASNetConfig.from_dict(dict(obj['config']))
+        try:
+            config = PNASNetConfig.from_dict(dict(obj['config']))
+        except (TypeError, ValueError) as e:
+            raise CheckpointError(f'{path}: its config is not this port\'s ({e})') from None
         state_dict = obj['state_dict']
+    elif isinstance(obj, dict) and 'model' in obj and 'optimizer' in obj:
+        raise CheckpointError(f'{path}: a train.py state (last.pth), not weights; pass it to '
+                              f'train.py --resume, or use the best.pth beside it')
     elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
         config, state_dict = PNASNetConfig.large(), obj
     else:
         raise CheckpointError(f'{path}: expected a convert.py output or a state dict of this model')
-    has_aux = any(_is_aux_key(k) for k in state_dict)
-    if auxiliary and not has_aux:
-        raise CheckpointError(f'{path}: holds no auxiliary-head weights; load with auxiliary=False')
-    config = dataclasses.replace(config, auxiliary=auxiliary, **overrides)
-    net = NetworkImageNet(config)
-    if not auxiliary:
-        state_dict = {k: v for k, v in state_dict.items() if not _is_aux_key(k)}
+    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor)
+                                                   for v in state_dict.values()):
+        raise CheckpointError(f'{path}: its state_dict is not a dict of tensors')
+    names = obj.get('class_names') if isinstance(obj, dict) else None
+    if names is not None and (not isinstance(names, (list, tuple)) or len(names) != config.num_classes):
+        raise CheckpointError(f'{path}: class_names do not fit its {config.num_classes} classes')
+    return {'config': config, 'state_dict': state_dict,
+            'class_names': list(names) if names is not None else None,
+            'source': obj.get('source') if isinstance(obj, dict) and 'config' in obj else None}
+
+
+def load_state(net: NetworkImageNet, state_dict: dict, path: str) -> None:
+    """Loads ``state_dict`` into ``net``, every tensor present and of its shape, or raises a
+    CheckpointError that names the first misfits."""
     try:
         missing, unexpected = net.load_state_dict(state_dict, strict=False)
     except RuntimeError as e:  # shape mismatches
@@ -497,6 +507,30 @@ def load_pretrained(path: str, auxiliary: bool = False, map_location='cpu',
             f' unexpected {unexpected[:3]}' if unexpected else '')
         raise CheckpointError(f'{path}: weights do not fit the network of its config ({what.strip()}); '
                               f'convert the TF checkpoint again with convert.py')
+
+
+def load_pretrained(path: str, auxiliary: bool = False, map_location='cpu',
+                    **overrides) -> NetworkImageNet:
+    """Builds the network a ``convert.py`` or ``train.py`` output describes, loads its weights,
+    returns it in eval mode, with its ``class_names`` (None for the 1001 ImageNet classes).
+
+    The file holds ``{'config': dict, 'state_dict': ...}`` (a ``.pth``, read with
+    ``weights_only=True``, or a ``.safetensors`` with the config in its metadata); a bare state
+    dict of this model is also accepted and taken as PNASNet-5 Large. ``auxiliary=True`` keeps the aux head (for fine-tuning);
+    ``overrides`` change config fields that do not touch the weights (e.g. ``padding``,
+    ``drop_path_prob``, ``image_size``).
+    """
+    obj = read_weights(path, map_location)
+    config, state_dict = obj['config'], obj['state_dict']
+    has_aux = any(_is_aux_key(k) for k in state_dict)
+    if auxiliary and not has_aux:
+        raise CheckpointError(f'{path}: holds no auxiliary-head weights; load with auxiliary=False')
+    config = dataclasses.replace(config, auxiliary=auxiliary, **overrides)
+    net = NetworkImageNet(config)
+    if not auxiliary:
+        state_dict = {k: v for k, v in state_dict.items() if not _is_aux_key(k)}
+    load_state(net, state_dict, path)
+    net.class_names = obj['class_names']
     return net.eval()
 
 

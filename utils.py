@@ -153,39 +153,58 @@ def read_class_names(path: str = CLASS_NAMES_FILE) -> List[Tuple[str, str]]:
         return [tuple(line.rstrip('\n').split('\t', 1)) for line in f if line.strip()]
 
 
-def find_images(valdir: str) -> Tuple[List[Tuple[str, int]], List[str], str]:
+def class_folders(root: str) -> List[str]:
+    """The class folders of an ImageFolder-style tree, sorted (torchvision's order)."""
+    return sorted(d.name for d in os.scandir(root) if d.is_dir())
+
+
+def folder_images(folder: str) -> List[str]:
+    """Every image under ``folder`` (sub-folders too, links followed), in a fixed sorted order."""
+    paths = []
+    for root, _, files in sorted(os.walk(folder, followlinks=True)):
+        paths += [os.path.join(root, name) for name in sorted(files)
+                  if name.lower().endswith(IMAGE_EXTENSIONS)]
+    return paths
+
+
+def find_images(valdir: str, class_names: Optional[Sequence[str]] = None
+                ) -> Tuple[List[Tuple[str, int]], List[str], str]:
     """(path, class index) of every image of an ImageNet-style folder, in ImageFolder order.
 
-    Labels come from the canonical sorted list of the 1000 wnids, so a folder holding a subset of
-    the classes keeps the right labels. Folders not named by wnids are accepted only when there
-    are exactly 1000 of them (their sorted order is then taken as the class order).
-    Returns (samples, class folder names, how the labels were assigned).
+    With ``class_names`` (a train.py output's classes), class k is the folder named
+    ``class_names[k]``. Without, labels come from the canonical sorted list of the 1000 wnids, so
+    a folder holding a subset of the classes keeps the right labels; folders not named by wnids
+    are accepted only when there are exactly 1000 of them (their sorted order is then taken as
+    the class order). Returns (samples, class folder names, how the labels were assigned).
     """
     if not os.path.isdir(valdir):
-        raise FileNotFoundError(f'{valdir}: no such folder; put the ImageNet validation images '
-                                f'there in one folder per class (see README.md) or pass --valdir')
-    classes = sorted(d.name for d in os.scandir(valdir) if d.is_dir())
+        raise FileNotFoundError(f'{valdir}: no such folder; put the validation images there in '
+                                f'one folder per class (see README.md) or pass --valdir')
+    classes = class_folders(valdir)
     if not classes:
-        raise FileNotFoundError(f'{valdir}: holds no class folders (expected 1000 wnid folders '
-                                f'such as n01440764/ with the images inside)')
-    wnids = [w for w, _ in read_class_names()]
-    index = {w: i for i, w in enumerate(wnids)}
-    unknown = [c for c in classes if c not in index]
-    if not unknown:
-        mapping, how = {c: index[c] for c in classes}, 'wnid'
-    elif len(classes) == 1000:
-        mapping, how = {c: i for i, c in enumerate(classes)}, 'sorted folder order'
+        raise FileNotFoundError(f'{valdir}: holds no class folders (expected one folder per class, '
+                                f'such as the wnid folders n01440764/ of ImageNet, with the images inside)')
+    if class_names is not None:
+        index = {c: i for i, c in enumerate(class_names)}
+        unknown = [c for c in classes if c not in index]
+        if unknown:
+            raise ValueError(f'{valdir}: folder {unknown[0]!r} is not one of the {len(index)} '
+                             f'classes the weights were trained on ({", ".join(list(index)[:5])}'
+                             f'{", ..." if len(index) > 5 else ""})')
+        mapping, how = {c: index[c] for c in classes}, 'class names of the weights'
     else:
-        raise ValueError(f'{valdir}: folder {unknown[0]!r} is not an ILSVRC-2012 wnid and there '
-                         f'are {len(classes)} class folders, not 1000, so labels cannot be '
-                         f'assigned; name the folders by wnid (n01440764, ...)')
-    samples = []
-    for c in classes:
-        folder = os.path.join(valdir, c)
-        for root, _, files in sorted(os.walk(folder, followlinks=True)):
-            for name in sorted(files):
-                if name.lower().endswith(IMAGE_EXTENSIONS):
-                    samples.append((os.path.join(root, name), mapping[c]))
+        wnids = [w for w, _ in read_class_names()]
+        index = {w: i for i, w in enumerate(wnids)}
+        unknown = [c for c in classes if c not in index]
+        if not unknown:
+            mapping, how = {c: index[c] for c in classes}, 'wnid'
+        elif len(classes) == 1000:
+            mapping, how = {c: i for i, c in enumerate(classes)}, 'sorted folder order'
+        else:
+            raise ValueError(f'{valdir}: folder {unknown[0]!r} is not an ILSVRC-2012 wnid and there '
+                             f'are {len(classes)} class folders, not 1000, so labels cannot be '
+                             f'assigned; name the folders by wnid (n01440764, ...)')
+    samples = [(path, mapping[c]) for c in classes for path in folder_images(os.path.join(valdir, c))]
     if not samples:
         raise FileNotFoundError(f'{valdir}: the class folders hold no images')
     return samples, classes, how
