@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import time
-from typing import List
+from typing import List, Tuple
 
 import numpy as np
 import torch
@@ -282,16 +282,28 @@ def classify_images(net, paths, args, device) -> None:
             print(f'  {float(p):.4f}  {label}')
 
 
-def run(args) -> int:
+def start_processes(name: str) -> Tuple[torch.device, int, int]:
+    """(device, rank, world size) of this process: under torchrun, the process group is joined
+    (NCCL on GPUs, one GPU a process by LOCAL_RANK; gloo on the CPU); alone, rank 0 of 1."""
     world = int(os.environ.get('WORLD_SIZE', '1'))
     rank = int(os.environ.get('RANK', '0'))
-    device = pick_device(args.device)
+    device = pick_device(name)
     if world > 1:
         if device.type == 'cuda':
             local = int(os.environ.get('LOCAL_RANK', '0'))
             torch.cuda.set_device(local)
             device = torch.device('cuda', local)
         dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    return device, rank, world
+
+
+def end_processes() -> None:
+    if dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def run(args) -> int:
+    device, rank, world = start_processes(args.device)
     try:
         check_output_paths(args)
         if device.type == 'cpu':
@@ -334,8 +346,7 @@ def run(args) -> int:
         print(f'Test: [{n}/{n}]\tPrec@1 {result["prec1"]:.3f}\tPrec@5 {result["prec5"]:.3f}')
         return 0
     finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        end_processes()
 
 
 def main(argv=None) -> int:

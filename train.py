@@ -656,20 +656,11 @@ def bad_image_error(dataset, index: int) -> UserError:
 
 
 def run_training(args) -> int:
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    rank = int(os.environ.get('RANK', '0'))
-    device = evaluation.pick_device(args.device)
-    if world > 1:
-        if device.type == 'cuda':
-            local = int(os.environ.get('LOCAL_RANK', '0'))
-            torch.cuda.set_device(local)
-            device = torch.device('cuda', local)
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
+    device, rank, world = evaluation.start_processes(args.device)
     try:
         return _train(args, device, rank, world)
     finally:
-        if world > 1 and dist.is_initialized():
-            dist.destroy_process_group()
+        evaluation.end_processes()
 
 
 def _train(args, device, rank: int, world: int) -> int:
