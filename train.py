@@ -67,7 +67,7 @@ KEPT_ON_RESUME = ['batch_size', 'optimizer', 'lr', 'momentum', 'rmsprop_decay', 
                   'label_smoothing', 'aux_weight', 'drop_path', 'drop_path_fixed', 'clip_grad',
                   'ema', 'bn_momentum', 'image_size', 'seed', 'weights', 'genotype', 'preset',
                   'filters', 'cells', 'stem_multiplier', 'freeze_body', 'no_aux', 'precision',
-                  'no_channels_last', 'grad_checkpointing', 'sync_bn']
+                  'memory_format', 'grad_checkpointing', 'sync_bn']
 ARCH_OPTIONS = {'genotype': 'genotype', 'filters': 'num_conv_filters', 'cells': 'num_cells',
                 'stem_multiplier': 'stem_multiplier'}
 
@@ -134,7 +134,10 @@ def parse_args(argv=None):
     s.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default=None,
                    help='autocast precision (default fp32); fp16 uses a grad scaler. On a CPU '
                         'without native bf16 or fp16, train.py says so and runs fp32')
-    s.add_argument('--no-channels-last', action='store_true', help='keep NCHW (default: channels_last)')
+    s.add_argument('--memory-format', choices=['auto', 'channels_last', 'nchw'], default=None,
+                   help='layout of activations and weights (default auto: channels_last on CUDA, '
+                        'NCHW on the CPU, where oneDNN\'s channels_last weight gradients are not '
+                        'bit-reproducible from run to run and a resumed run would drift)')
     s.add_argument('--grad-checkpointing', action='store_true',
                    help='recompute each cell in the backward pass (torch.utils.checkpoint): less memory')
     s.add_argument('--sync-bn', action='store_true', help='with torchrun on GPUs: synchronised BatchNorm')
@@ -170,10 +173,10 @@ def saved_args(args) -> dict:
 
 def merge_resume_args(args, saved: dict, path: str) -> None:
     """A resumed run takes its settings from ``saved``; an option given again with another value
-    is refused, except --epochs (a run may be lengthened) and the speed options."""
+    is refused, except --epochs (a run may be lengthened)."""
     for key in KEPT_ON_RESUME:
         given = getattr(args, key, None)
-        if key in ('drop_path_fixed', 'freeze_body', 'no_aux', 'no_channels_last',
+        if key in ('drop_path_fixed', 'freeze_body', 'no_aux',
                    'grad_checkpointing', 'sync_bn'):
             given = given or None  # store_true flags: only "given" when set
         if given is not None and given != saved.get(key):
@@ -619,12 +622,19 @@ class Run:
             print(message, flush=True)
 
 
+def resolve_memory_format(choice, device: torch.device) -> torch.memory_format:
+    """--memory-format: auto is channels_last on CUDA and NCHW elsewhere."""
+    if choice in (None, 'auto'):
+        choice = 'channels_last' if device.type == 'cuda' else 'nchw'
+    return torch.channels_last if choice == 'channels_last' else torch.contiguous_format
+
+
 def validate(net: nn.Module, loader, run: Run) -> dict:
     """Prec@1, Prec@5 and the loss (without smoothing) over this process's share of val, summed
     over every process; images that cannot be decoded are left out and counted."""
     net.eval()
     totals = torch.zeros(5, dtype=torch.float64)  # correct1, correct5, images, loss sum, bad
-    memory_format = torch.contiguous_format if run.args.no_channels_last else torch.channels_last
+    memory_format = resolve_memory_format(run.args.memory_format, run.device)
     with torch.inference_mode():
         for x, label, _ in loader:
             ok = label >= 0
@@ -705,7 +715,7 @@ def _train(args, device, rank: int, world: int) -> int:
         freeze_body(net)
     if args.grad_checkpointing:
         net.set_grad_checkpointing(True)
-    memory_format = torch.contiguous_format if args.no_channels_last else torch.channels_last
+    memory_format = resolve_memory_format(args.memory_format, device)
     net = net.to(device, memory_format=memory_format)
     groups = param_groups(net, args.weight_decay)
     optimizer = make_optimizer(groups, args)
