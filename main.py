@@ -205,7 +205,8 @@ def evaluate(net, samples, args, device, rank: int = 0, world: int = 1) -> dict:
             with autocast(device, args.precision):
                 f = net.extract_features(x)
                 logits = net.forward_head(f)
-            top5 = class_logits(logits.float()).topk(5, dim=1).indices.to('cpu', non_blocking=True)
+            scores = class_logits(logits.float())
+            top5 = scores.topk(min(5, scores.shape[1]), dim=1).indices.to('cpu', non_blocking=True)
             f = f.float().to('cpu', non_blocking=True) if args.features else None
             done = None
             if cuda:
@@ -271,7 +272,7 @@ def classify_images(net, paths, args, device) -> None:
             logits = net(x).float()
         probs = torch.softmax(logits, dim=1)[0].cpu()
         print(path)
-        for p, k in zip(*probs.topk(5)):
+        for p, k in zip(*probs.topk(min(5, probs.numel()))):
             k = int(k)
             if own:
                 label = own[k]
