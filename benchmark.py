@@ -19,6 +19,7 @@ import argparse
 import contextlib
 import copy
 import dataclasses
+import json
 import os
 import platform
 import resource
@@ -39,6 +40,7 @@ BREAKDOWN_REPEATS = 3  # instrumented forwards per model after the rounds
 
 
 def rss_mb() -> float:
+    """The process's peak RSS so far."""
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
@@ -190,7 +192,17 @@ def parse_args(argv=None):
     ap.add_argument('--no-tf', action='store_true')
     ap.add_argument('--no-timm', action='store_true')
     ap.add_argument('--json', help='write the figures here')
-    return ap.parse_args(argv)
+    ap.add_argument('--train', action='store_true',
+                    help="time one training step (forward, backward, optimizer) of train.py's model "
+                         "against timm's pnasnet5large, and the peak memory with and without "
+                         "--grad-checkpointing (batch 2 unless --batch is given)")
+    ap.add_argument('--bf16-anyway', action='store_true',
+                    help='with --train: time the bf16 rows even on a CPU without native bf16')
+    ap.add_argument('--memory-probe', choices=['plain', 'checkpointing'], help=argparse.SUPPRESS)
+    args = ap.parse_args(argv)
+    if args.train and '--batch' not in (argv if argv is not None else sys.argv[1:]):
+        args.batch = 2
+    return args
 
 
 @dataclasses.dataclass
@@ -359,10 +371,163 @@ def report(result: dict) -> None:
         print('note:', note)
 
 
+TRAIN_LABELS = {'ours_channels_last': "train.py's model, channels_last",
+                'ours_nchw': "train.py's model, NCHW",
+                'timm_nchw': 'timm pnasnet5large, NCHW',
+                'timm_channels_last': 'timm pnasnet5large, channels_last'}
+TRAIN_DROP_PATH = 0.1  # a mid-run rate; timm's pnasnet has no drop path, so ours pays for it
+
+
+def train_network(size: int, checkpointing: bool = False) -> model_mod.NetworkImageNet:
+    """train.py's network for these timings: PNASNet-5 Large, random weights, aux head on where
+    it fits, drop path on, training mode."""
+    net = model_mod.NetworkImageNet(model_mod.PNASNetConfig.large(image_size=size)).train()
+    net.drop_path_prob = TRAIN_DROP_PATH
+    net.set_grad_checkpointing(checkpointing)
+    return net
+
+
+def _train_step(net, x, y, device, precision: str):
+    """One call of train.train_step with train.py's default recipe (RMSProp as TF has it, L2,
+    clipping, smoothing, aux weight) on ``net``."""
+    import train
+    targs = train.parse_args(['--data', '-'])
+    train.fill_defaults(targs)
+    targs.precision = precision
+    optimizer = train.make_optimizer(train.param_groups(net, targs.weight_decay), targs)
+    scaler = torch.amp.GradScaler(device.type, enabled=False)
+
+    def fn():
+        train.train_step(net, optimizer, scaler, x, y, targs)
+        if device.type == 'cuda':
+            torch.cuda.synchronize()
+    return fn
+
+
+def _proc_status_mb(field: str) -> float:
+    with open('/proc/self/status') as f:
+        for line in f:
+            if line.startswith(field + ':'):
+                return int(line.split()[1]) / 1024
+    raise RuntimeError(f'/proc/self/status has no {field}')
+
+
+def current_rss_mb() -> float:
+    return _proc_status_mb('VmRSS')
+
+
+def peak_rss_mb() -> float:
+    """This process's own peak RSS (VmHWM); ru_maxrss would also count the parent's peak, which
+    Linux carries across fork and exec."""
+    return _proc_status_mb('VmHWM')
+
+
+def memory_probe(args, device) -> int:
+    """Run in a fresh process by train_memory: two steps, and the memory they needed above the
+    built model (CPU: the peak RSS over the RSS after building; CUDA: peak allocated), printed
+    as one JSON line. On the CPU the caller fixes glibc's mmap threshold, so that freed buffers
+    go back to the OS and the RSS follows the live tensors."""
+    net = train_network(args.size, args.memory_probe == 'checkpointing').to(device)
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    y = torch.arange(args.batch, device=device) % 1000 + 1
+    step = _train_step(net, x, y, device, 'fp32')
+    base = current_rss_mb()
+    if device.type == 'cuda':
+        torch.cuda.reset_peak_memory_stats()
+        base = torch.cuda.memory_allocated() / 2 ** 20
+    step()
+    step()
+    peak = torch.cuda.max_memory_allocated() / 2 ** 20 if device.type == 'cuda' else peak_rss_mb()
+    print(json.dumps({'peak_mb': peak - base}))
+    return 0
+
+
+def train_memory(args, device) -> dict:
+    """Peak memory of the fp32 step (NCHW) with and without --grad-checkpointing, each measured
+    in a process of its own, since a process's peak RSS never goes down."""
+    import subprocess
+    out = {}
+    for mode in ('plain', 'checkpointing'):
+        cmd = [sys.executable, os.path.abspath(__file__), '--memory-probe', mode, '--size', str(args.size),
+               '--batch', str(args.batch), '--threads', str(args.threads), '--device', device.type]
+        env = dict(os.environ, MALLOC_MMAP_THRESHOLD_='131072')
+        p = subprocess.run(cmd, capture_output=True, text=True, env=env)
+        if p.returncode != 0:
+            raise RuntimeError(f'memory probe ({mode}) failed: {p.stderr[-500:]}')
+        out[mode] = json.loads(p.stdout.strip().splitlines()[-1])['peak_mb']
+    return out
+
+
+def train_main(args, device, timm) -> int:
+    """benchmark.py --train: fp32 (and bf16 where native) steps of train.py's model and timm's,
+    interleaved as the inference rows are, then the memory probes."""
+    x = torch.randn(args.batch, 3, args.size, args.size, device=device)
+    y = torch.arange(args.batch, device=device) % 1000 + 1
+    x_cl = x.contiguous(memory_format=torch.channels_last)
+    nets = {'ours_nchw': (train_network(args.size).to(device), x)}
+    nets['ours_channels_last'] = (copy.deepcopy(nets['ours_nchw'][0]).to(memory_format=torch.channels_last), x_cl)
+    notes = []
+    if timm is not None:
+        t = timm.create_model('pnasnet5large', pretrained=False, num_classes=1001).train().to(device)
+        nets['timm_nchw'] = (t, x)
+        nets['timm_channels_last'] = (copy.deepcopy(t).to(memory_format=torch.channels_last), x_cl)
+    else:
+        notes.append('timm is not installed: its rows are skipped (pip install timm)')
+    precisions = ['fp32']
+    if device.type == 'cuda' or engine.cpu_has_native_bf16() or args.bf16_anyway:
+        precisions.append('bf16')
+    else:
+        notes.append('bf16 skipped: this CPU has no native bfloat16, where a bf16 step runs about '
+                     'ten times slower than fp32 (--bf16-anyway times it all the same)')
+    runners = {f'{name}_{p}': _train_step(net, inp, y, device, p)
+               for p in precisions for name, (net, inp) in nets.items()}
+    for fn in runners.values():  # warm-up: optimizer state, oneDNN primitives, autotuning
+        fn()
+    print(f'timing {len(runners)} training steps, {args.rounds} interleaved rounds, batch {args.batch}, '
+          f'{args.size} px, {args.threads} threads, {device} ...', flush=True)
+    times = timed_rounds(runners, args.rounds, args.batch)
+    rates = {k: summary(v) for k, v in times.items()}
+    result = {'train': True, 'rates': rates, 'notes': notes, 'ratios': {},
+              'settings': {'batch': args.batch, 'size': args.size, 'threads': args.threads,
+                           'device': str(device), 'rounds': args.rounds, 'torch': torch.__version__,
+                           'drop_path': TRAIN_DROP_PATH, 'processor': _cpu_name(), 'cpus': os.cpu_count()}}
+    print(f'\n{"training step":44s} {"prec":>5s} {"s/step":>7s} {"img/s":>7s} {"min-max img/s":>14s}')
+    for k, r in rates.items():
+        name, prec = k.rsplit('_', 1)
+        print(f'{TRAIN_LABELS[name]:44s} {prec:>5s} {args.batch / r["median"]:7.2f} {r["median"]:7.2f} '
+              f'{r["min"]:6.2f}-{r["max"]:<6.2f}')
+    print()
+    for p in precisions:
+        timm_rows = [k for k in (f'timm_nchw_{p}', f'timm_channels_last_{p}') if k in rates]
+        if not timm_rows:
+            continue
+        peer = max(timm_rows, key=lambda k: rates[k]['median'])
+        for ours in (f'ours_channels_last_{p}', f'ours_nchw_{p}'):
+            r = per_round_ratios(times, ours, peer)
+            result['ratios'][f'{ours}_over_{peer}'] = r
+            print(f'{p}: {TRAIN_LABELS[ours.rsplit("_", 1)[0]]} / timm\'s faster layout '
+                  f'({peer.rsplit("_", 1)[0][5:]}): {rates[ours]["median"] / rates[peer]["median"]:.2f}x '
+                  f'(per round: median {r["median"]:.2f}x, {r["min"]:.2f}-{r["max"]:.2f})')
+    del runners, nets
+    memory = train_memory(args, device)
+    result['peak_memory_mb'] = memory
+    kind = 'peak allocated on the GPU' if device.type == 'cuda' else 'peak RSS growth'
+    print(f'memory of two fp32 steps above the built model ({kind}), NCHW: {memory["plain"]:.0f} MiB; '
+          f'with --grad-checkpointing: {memory["checkpointing"]:.0f} MiB '
+          f'({memory["checkpointing"] / memory["plain"]:.2f}x)')
+    for note in notes:
+        print('note:', note)
+    if args.json:
+        utils.save_json(result, args.json)
+    return 0
+
+
 def main(argv=None) -> int:
     args = parse_args(argv)
     device = torch.device('cuda' if args.device in ('auto', 'cuda') and torch.cuda.is_available() else 'cpu')
     torch.set_num_threads(args.threads)
+    if args.memory_probe:
+        return memory_probe(args, device)
     if device.type == 'cpu':
         utils.tune_cpu_allocator()  # as main.py does; it affects every model in the process alike
     timm = None
@@ -371,6 +536,8 @@ def main(argv=None) -> int:
             import timm
         except ImportError:
             pass
+    if args.train:
+        return train_main(args, device, timm)
     import tf_reference
     tf = tf_reference.import_tf()
     tf.config.threading.set_intra_op_parallelism_threads(1)  # eager: the per-image preprocessing op

@@ -264,4 +264,4 @@ def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
         return x
     keep_prob = 1.0 - drop_prob
     mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep_prob)
-    return x / keep_prob * mask
+    return x * mask.div_(keep_prob)  # one pass over x (TF divides, then multiplies: two)

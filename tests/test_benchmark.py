@@ -1,6 +1,7 @@
 """benchmark.py's bookkeeping (its timings belong to the benchmark itself, not to tests)."""
 import collections
 import copy
+import json
 
 import pytest
 import torch
@@ -110,3 +111,19 @@ def test_benchmark_skips_bf16_on_a_cpu_without_it_and_says_why(tmp_path):
     assert result['fp32_img_s'] > 0 and result['max_abs_logit_diff_fast_vs_plain'] < 1e-3
     assert any(n.startswith('bf16 skipped: this CPU has no native bfloat16') for n in result['notes'])
     assert 'bf16 autocast' not in run.stdout and 'note: bf16 skipped' in run.stdout
+
+
+def test_train_mode_times_train_py_step_and_checkpointing_saves_memory(tmp_path):
+    """--train's wiring, small: the rows, the ratios and the two memory probes (subprocesses)."""
+    out = tmp_path / 'train.json'
+    assert benchmark.main(['--train', '--size', '96', '--rounds', '1', '--no-timm',
+                           '--json', str(out)]) == 0
+    result = json.loads(out.read_text())
+    import engine
+    rows = {'ours_nchw_fp32', 'ours_channels_last_fp32'}
+    if engine.cpu_has_native_bf16():
+        rows |= {'ours_nchw_bf16', 'ours_channels_last_bf16'}
+    assert set(result['rates']) == rows
+    assert result['settings']['batch'] == 2
+    memory = result['peak_memory_mb']
+    assert 0 < memory['checkpointing'] < memory['plain']

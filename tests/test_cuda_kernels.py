@@ -121,22 +121,27 @@ def test_the_audit_sees_the_cpu_only_kernels_of_the_onednn_branch(setup):
     assert has_cuda_kernel(torch.ops.aten.add.Tensor)
 
 
-@pytest.mark.parametrize('precision', ['fp32', 'bf16', 'fp16'])
-def test_training_forward_and_backward_have_cuda_kernels(precision):
-    """What fine-tuning runs: train mode, drop path, the aux head, label smoothing, backward."""
+@pytest.mark.parametrize('precision,optimizer', [('fp32', 'rmsprop'), ('bf16', 'sgd'), ('fp16', 'rmsprop')])
+def test_train_py_step_has_cuda_kernels(precision, optimizer):
+    """What train.py runs per step: train mode, drop path, the aux head, label smoothing, backward,
+    L2, clipping, the optimizer (TF's RMSProp or SGD), fp16's grad scaler and the EMA update."""
+    import train
     torch.manual_seed(1)
     net = model.NetworkImageNet(model.PNASNetConfig.mobile(num_conv_filters=10, auxiliary=True,
                                                            drop_path_prob=0.3)).train()
+    net = net.to(memory_format=torch.channels_last)
+    args = train.parse_args(['--data', '-', '--optimizer', optimizer, '--precision', precision])
+    train.fill_defaults(args)
+    optimizer = train.make_optimizer(train.param_groups(net, args.weight_decay), args)
+    scaler = torch.amp.GradScaler('cpu', enabled=precision == 'fp16')
+    ema = train.EMA(net, 0.9)
     x = torch.randn(2, 3, 224, 224).contiguous(memory_format=torch.channels_last)
     y = torch.tensor([3, 7])
-    dtype = {'bf16': torch.bfloat16, 'fp16': torch.float16}.get(precision)
     recorder = OpRecorder()
     with cuda_branch(), recorder:
-        with torch.autocast('cpu', dtype=dtype or torch.float32, enabled=dtype is not None):
-            logits, logits_aux = net(x)
-            loss = (F.cross_entropy(logits.float(), y, label_smoothing=0.1)
-                    + 0.4 * F.cross_entropy(logits_aux.float(), y, label_smoothing=0.1))
-        loss.backward()
+        for _ in range(2):  # the second step reads the optimizer state the first one made
+            train.train_step(net, optimizer, scaler, x, y, args)
+            ema.update(net)
     names = {str(op) for op in recorder.ops}
     assert 'aten.convolution_backward.default' in names and 'aten.bernoulli_.float' in names
     assert net.auxiliary_head.conv.weight.grad is not None
