@@ -37,7 +37,7 @@ import torch.nn as nn
 
 import genotypes
 import utils
-from model import MIN_IMAGE_SIZE, NetworkImageNet, PNASNetConfig, load_pretrained
+from model import MIN_IMAGE_SIZE, NetworkImageNet, PNASNetConfig, cell_scopes, load_pretrained
 from operations import (Conv7x1x1x7, DilConv, FactorizedReduce, Pool, ReLUConvBN, SepConv,
                         SkipConnect)
 # the aux head's BatchNorms, which the official release does not hold (README, "Weights and
@@ -299,9 +299,11 @@ def _op_entries(op: nn.Module, pt: str, scope: str) -> List[Tuple[str, str, str]
 
 def name_map(net: NetworkImageNet) -> List[Tuple[str, str, str]]:
     """(PyTorch state-dict key, TF variable name, layout) for every tensor of ``net``."""
-    entries = _conv('conv0', 'conv0/weights') + _bn('conv0_bn', 'conv0_bn')
-    for k, cell in enumerate(net.cells):
-        scope = f'cell_stem_{k}' if k < 2 else f'cell_{k - 2}'
+    if net.config.stem == 'cifar':  # nasnet.py's _cifar_stem
+        entries = _conv('conv0', 'l1_stem_3x3/weights') + _bn('conv0_bn', 'l1_stem_bn')
+    else:
+        entries = _conv('conv0', 'conv0/weights') + _bn('conv0_bn', 'conv0_bn')
+    for k, (cell, scope) in enumerate(zip(net.cells, cell_scopes(net))):
         pt = f'cells.{k}'
         p0 = cell.preprocess0
         if isinstance(p0, FactorizedReduce):
@@ -317,7 +319,7 @@ def name_map(net: NetworkImageNet) -> List[Tuple[str, str, str]]:
             side = 'left' if j % 2 == 0 else 'right'
             entries += _op_entries(op, f'{pt}._ops.{j}', f'{scope}/comb_iter_{j // 2}/{side}')
     if net.auxiliary_head is not None:
-        scope = f'aux_{net.aux_index - 2}/aux_logits'
+        scope = f'aux_{net.aux_index - net.config.num_stem_cells}/aux_logits'
         entries += (_conv('auxiliary_head.proj', f'{scope}/proj/weights')
                     + _bn('auxiliary_head.bn0', f'{scope}/aux_bn0')
                     + _conv('auxiliary_head.conv', f'{scope}/Conv/weights')
@@ -545,7 +547,7 @@ def _aux_head_as_converted(net: NetworkImageNet, values: Dict[str, np.ndarray], 
     lacks them, and runs a training step's forward and backward."""
     import tf_reference
     head = net.auxiliary_head
-    scope = f'aux_{net.aux_index - 2}/aux_logits'
+    scope = f'aux_{net.aux_index - net.config.num_stem_cells}/aux_logits'
     ok = np.array_equal(head.proj.weight.detach().numpy(),
                         tf_to_torch(values[f'{scope}/proj/weights'], 'conv'))
     ok &= np.array_equal(head.classifier.bias.detach().numpy(), values[f'{scope}/FC/biases'])

@@ -41,10 +41,34 @@ class PNASNetConfig:
     padding: str = 'tf'              # 'tf' (exact 'SAME') or 'symmetric' (the earlier port)
     num_reduction_layers: int = 2
     filter_scaling_rate: float = 2.0
+    stem: str = 'imagenet'           # 'imagenet': conv0 3x3/2 VALID + two stem cells (pnasnet.py);
+                                     # 'cifar': a 3x3 SAME conv of F * stem_multiplier, no stem
+                                     # cells (nasnet.py's _cifar_stem); NetworkCIFAR builds it
 
     @classmethod
     def large(cls, **overrides) -> 'PNASNetConfig':
         return cls(**overrides)
+
+    @classmethod
+    def cifar(cls, **overrides) -> 'PNASNetConfig':
+        """PNASNet-5 on CIFAR-10 as the paper's Table 1 has it: N = 3 and F = 48, laid out as
+        TF-Slim's cifar_config (stem multiplier 3, aux head on the last cell before the second
+        reduction, no dropout before the classifier). N counts cells as pnasnet.py does, where
+        num_cells = 3N holds the two reduction cells (Mobile, N = 3, has 9): cells 3 and 6 reduce,
+        and the network has 3.19 M parameters without the aux head, the paper's 3.2 M."""
+        values = dict(stem='cifar', stem_multiplier=3.0, num_conv_filters=48, num_cells=9,
+                      num_classes=10, image_size=32, dropout=0.0)
+        values.update(overrides)
+        return cls(**values)
+
+    @property
+    def num_stem_cells(self) -> int:
+        return 0 if self.stem == 'cifar' else 2
+
+    @property
+    def stem_filters(self) -> int:
+        base = self.num_conv_filters if self.stem == 'cifar' else 32
+        return int(base * self.stem_multiplier)
 
     @classmethod
     def mobile(cls, **overrides) -> 'PNASNetConfig':
@@ -79,9 +103,10 @@ class PNASNetConfig:
 
 def spatial_sizes(config: PNASNetConfig, image_size: int) -> List[int]:
     """Output size of conv0 and of every cell (stem cells first) for a square input."""
-    n = (image_size - 3) // 2 + 1  # conv0 is VALID
+    n = image_size if config.stem == 'cifar' else (image_size - 3) // 2 + 1  # SAME / VALID
     sizes = [n]
-    strides = [2, 2] + [2 if i in config.reduction_indices else 1 for i in range(config.num_cells)]
+    strides = [2] * config.num_stem_cells + [2 if i in config.reduction_indices else 1
+                                             for i in range(config.num_cells)]
     for s in strides:
         n = -(-n // s)
         sizes.append(n)
@@ -92,7 +117,7 @@ def aux_kernel_size(config: PNASNetConfig, image_size: int) -> int:
     """The aux head's last kernel at this input size: what TF-Slim's 5x5, stride-3 VALID pool
     leaves of its cell's output (6 for Large at 331 px, 4 for Mobile at 224). Below 1 the aux head
     does not fit the input."""
-    return (spatial_sizes(config, image_size)[1 + 2 + config.aux_cell_index] - 5) // 3 + 1
+    return (spatial_sizes(config, image_size)[1 + config.num_stem_cells + config.aux_cell_index] - 5) // 3 + 1
 
 
 class Cell(nn.Module):
@@ -227,18 +252,24 @@ class NetworkImageNet(nn.Module):
         config = config or PNASNetConfig()
         if config.padding not in PADDING_MODES:
             raise ValueError(f'config.padding must be one of {PADDING_MODES}, got {config.padding!r}')
+        if config.stem not in ('imagenet', 'cifar'):
+            raise ValueError(f"config.stem must be 'imagenet' or 'cifar', got {config.stem!r}")
         self.config = config
         genotype = genotypes_mod.get(config.genotype)
         self.genotype = genotype
         self.drop_path_prob = config.drop_path_prob
 
-        C_stem = int(32 * config.stem_multiplier)
-        self.conv0 = nn.Conv2d(3, C_stem, 3, stride=2, padding=0, bias=False)  # VALID
+        C_stem = config.stem_filters
+        stem_cells = config.num_stem_cells
+        if config.stem == 'cifar':  # TF-Slim's l1_stem_3x3: stride 1, SAME
+            self.conv0 = nn.Conv2d(3, C_stem, 3, stride=1, padding=1, bias=False)
+        else:
+            self.conv0 = nn.Conv2d(3, C_stem, 3, stride=2, padding=0, bias=False)  # VALID
         self.conv0_bn = batch_norm(C_stem)
 
-        total_cells = config.num_cells + 2
+        total_cells = config.num_cells + stem_cells
         rate = config.filter_scaling_rate
-        specs = [(1.0 / rate ** 2, True), (1.0 / rate, True)]  # the two stem cells
+        specs = [(1.0 / rate ** 2, True), (1.0 / rate, True)][:stem_cells]  # the stem cells
         scaling = 1.0
         for i in range(config.num_cells):
             is_reduction = i in config.reduction_indices
@@ -252,13 +283,15 @@ class NetworkImageNet(nn.Module):
             C = int(config.num_conv_filters * scale)
             # cell_stem_1 reads conv0 (twice its size): it too reduces its s0
             cell = Cell(genotype, C_prev_prev, C_prev, C, reduction,
-                        reduction_prev or k == 1, config.padding, (k + 1) / total_cells)
+                        reduction_prev or (k == 1 and stem_cells == 2), config.padding,
+                        (k + 1) / total_cells)
             self.cells.append(cell)
             C_prev_prev, C_prev, reduction_prev = C_prev, cell.multiplier * C, reduction
         self.num_features = C_prev
         # multi-scale taps, where timm hooks its pnasnet5large: conv0 (BN output, stride 2),
         # then ReLU of the last cell at each stride (4, 8, 16, 32)
-        taps, stride = [(0, C_stem, 2, 'conv0_bn')], 2
+        stride = 1 if config.stem == 'cifar' else 2
+        taps = [(0, C_stem, stride, 'conv0_bn')]
         for k, cell in enumerate(self.cells):
             stride *= 2 if cell.reduction else 1
             last_at_stride = k + 1 == len(self.cells) or self.cells[k + 1].reduction
@@ -278,7 +311,7 @@ class NetworkImageNet(nn.Module):
         self.aux_index = None
         self.auxiliary_head = None
         if config.auxiliary and config.aux_cell_index is not None:
-            self.aux_index = config.aux_cell_index + 2  # position in self.cells
+            self.aux_index = config.aux_cell_index + stem_cells  # position in self.cells
             kernel = aux_kernel_size(config, config.image_size)
             if kernel < 1:
                 raise ValueError(f'image_size {config.image_size} is too small for the auxiliary head')
@@ -316,7 +349,7 @@ class NetworkImageNet(nn.Module):
                     ) -> 'NetworkImageNet':
         """A network with ``net``'s config and weights whose forward returns the maps of
         ``forward_stages`` (``features_only``); for a network that was built or loaded whole."""
-        features = NetworkImageNet(net.config, features_only=True, out_indices=out_indices)
+        features = build_network(net.config, features_only=True, out_indices=out_indices)
         features.load_state_dict(net.state_dict())
         return features.to(next(net.parameters()).device).train(net.training)
 
@@ -394,6 +427,32 @@ class NetworkImageNet(nn.Module):
         feats, logits_aux = self._forward_cells(x, with_aux=True)
         logits = self.forward_head(feats.mean(dim=(2, 3)))
         return logits if logits_aux is None else (logits, logits_aux)
+
+
+class NetworkCIFAR(NetworkImageNet):
+    """A genotype's network in TF-Slim's CIFAR layout (nasnet.py's ``_cifar_stem``): a 3x3 stem
+    conv of ``stem_multiplier * F`` filters with BN and no stem cells, then the cells, with
+    reductions between the stacks, the aux head as TF-Slim places it, final ReLU, global pool,
+    dropout and FC. Default config: ``PNASNetConfig.cifar()`` (PNASNet-5, N = 3, F = 48). All of
+    NetworkImageNet's interface applies."""
+
+    def __init__(self, config: Optional[PNASNetConfig] = None, features_only: bool = False,
+                 out_indices: Optional[Sequence[int]] = None):
+        config = config or PNASNetConfig.cifar()
+        if config.stem != 'cifar':
+            config = dataclasses.replace(config, stem='cifar')
+        super().__init__(config, features_only, out_indices)
+
+
+def build_network(config: PNASNetConfig, **kwargs) -> NetworkImageNet:
+    """The network class that ``config.stem`` asks for: NetworkCIFAR or NetworkImageNet."""
+    return (NetworkCIFAR if config.stem == 'cifar' else NetworkImageNet)(config, **kwargs)
+
+
+def cell_scopes(net: NetworkImageNet) -> List[str]:
+    """TF-Slim's scope of each of ``net.cells``: cell_stem_0, cell_stem_1, cell_0, ..."""
+    stem = net.config.num_stem_cells
+    return [f'cell_stem_{k}' if k < stem else f'cell_{k - stem}' for k in range(len(net.cells))]
 
 
 def pnasnet5large(**overrides) -> NetworkImageNet:
@@ -526,7 +585,7 @@ def load_pretrained(path: str, auxiliary: bool = False, map_location='cpu',
     if auxiliary and not has_aux:
         raise CheckpointError(f'{path}: holds no auxiliary-head weights; load with auxiliary=False')
     config = dataclasses.replace(config, auxiliary=auxiliary, **overrides)
-    net = NetworkImageNet(config)
+    net = build_network(config)
     if not auxiliary:
         state_dict = {k: v for k, v in state_dict.items() if not _is_aux_key(k)}
     load_state(net, state_dict, path)
@@ -546,11 +605,11 @@ def summarize(config: PNASNetConfig, image_size: Optional[int] = None, time_forw
     aux_fits = config.aux_cell_index is not None and aux_kernel_size(config, size) >= 1
     config = dataclasses.replace(config, image_size=size, auxiliary=aux_fits)
     with torch.device('meta'):
-        net = NetworkImageNet(config).eval()
+        net = build_network(config).eval()
     params = sum(p.numel() for p in net.parameters())
     aux = sum(p.numel() for p in net.auxiliary_head.parameters()) if aux_fits else 0
     shapes = {'conv0': None}
-    names = [f'cell_stem_{k}' if k < 2 else f'cell_{k - 2}' for k in range(len(net.cells))]
+    names = cell_scopes(net)
     hooks = [net.conv0_bn.register_forward_hook(lambda m, i, o: shapes.update(conv0=list(o.shape)))]
     for name, cell in zip(names, net.cells):
         hooks.append(cell.register_forward_hook(
@@ -609,13 +668,14 @@ def main(argv=None) -> int:
     ap.add_argument('--genotype', default='PNASNet',
                     help='a name in genotypes.GENOTYPES, or a JSON file of genotypes.to_dict output')
     ap.add_argument('--compare', nargs=2, metavar=('A', 'B'), help='two genotypes side by side')
-    ap.add_argument('--preset', choices=['large', 'mobile'], default='large')
+    ap.add_argument('--preset', choices=['large', 'mobile', 'cifar'], default='large',
+                    help='large (331 px), mobile (224) or cifar (NetworkCIFAR, 32 px; PNASNetConfig.cifar)')
     ap.add_argument('--filters', type=utils.int_at_least(1),
                     help='num_conv_filters (default: the preset\'s)')
     ap.add_argument('--cells', type=utils.int_at_least(1), help='num_cells (default: the preset\'s)')
     ap.add_argument('--stem-multiplier', type=float, help='(default: the preset\'s)')
     ap.add_argument('--image-size', type=utils.int_at_least(MIN_IMAGE_SIZE),
-                    help='default: the preset\'s (331 Large, 224 Mobile)')
+                    help='default: the preset\'s (331 Large, 224 Mobile, 32 CIFAR)')
     ap.add_argument('--no-time', action='store_true', help='skip the timed forward')
     ap.add_argument('--json', action='store_true', help='print the figures as JSON')
     args = ap.parse_args(argv)

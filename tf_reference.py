@@ -196,11 +196,14 @@ class _Builder:
         tf = self.tf
         genotype = genotypes_mod.get(config.genotype)
         ends = {}
-        net = self.conv(images, int(32 * config.stem_multiplier), 3, 'conv0', 2, 'VALID')
-        net = self.bn(net, 'conv0_bn')
+        if config.stem == 'cifar':  # nasnet.py's _cifar_stem: 3x3 SAME, no stem cells
+            net = self.bn(self.conv(images, config.stem_filters, 3, 'l1_stem_3x3'), 'l1_stem_bn')
+        else:
+            net = self.conv(images, config.stem_filters, 3, 'conv0', 2, 'VALID')
+            net = self.bn(net, 'conv0_bn')
         outputs = [None, net]
         scaling = 1.0 / config.filter_scaling_rate ** 2
-        for k in range(2):
+        for k in range(config.num_stem_cells):
             net = self.cell(net, outputs[-2], genotype, int(config.num_conv_filters * scaling), 2,
                             True, f'cell_stem_{k}')
             outputs.append(net)

@@ -28,6 +28,7 @@ import torch.distributed as dist
 import torch.nn as nn
 import torch.nn.functional as F
 
+import cifar
 import genotypes as genotypes_mod
 import main as evaluation
 import model as model_mod
@@ -61,8 +62,21 @@ RECIPE = {
     'image_size': (None, "the weights' (331 Large, 224 Mobile), or the preset's"),
     'seed': (0, ''),
 }
+# --dataset cifar10: the published CIFAR-10 protocol, where it differs from the above
+CIFAR_RECIPE = {
+    'epochs': (600, 'DARTS train.py; TF-Slim cifar_config: 937,500 steps of batch 32'),
+    'batch_size': (96, 'DARTS train.py'),
+    'optimizer': ('sgd', 'momentum SGD, DARTS train.py'),
+    'lr': (0.025, 'DARTS train.py; the TF-Slim NASNet CIFAR notes'),
+    'schedule': ('cosine', 'DARTS; TF-Slim: cosine, one period'),
+    'weight_decay': (3e-4, 'DARTS train.py'),
+    'label_smoothing': (0.0, 'not part of the CIFAR protocol'),
+    'preset': ('cifar', 'PNAS Table 1: N=3, F=48'),
+    'image_size': (32, 'CIFAR-10'),
+    'drop_path': (0.4, 'TF-Slim cifar_config drop_path_keep_prob 0.6, with its schedule'),
+}
 # Options a resumed run keeps from its last.pth: giving another value is refused.
-KEPT_ON_RESUME = ['batch_size', 'optimizer', 'lr', 'momentum', 'rmsprop_decay', 'rmsprop_eps',
+KEPT_ON_RESUME = ['dataset', 'batch_size', 'optimizer', 'lr', 'momentum', 'rmsprop_decay', 'rmsprop_eps',
                   'schedule', 'decay_rate', 'decay_epochs', 'warmup_epochs', 'weight_decay',
                   'label_smoothing', 'aux_weight', 'drop_path', 'drop_path_fixed', 'clip_grad',
                   'ema', 'bn_momentum', 'image_size', 'seed', 'weights', 'genotype', 'preset',
@@ -74,13 +88,24 @@ ARCH_OPTIONS = {'genotype': 'genotype', 'filters': 'num_conv_filters', 'cells': 
 
 def _help(text: str, key: str) -> str:
     value, source = RECIPE[key]
-    shown = 'see below' if value is None else value
-    return f'{text} (default: {shown}' + (f'; {source})' if source else ')')
+    if value is None:  # decided from the network: the source says how
+        return f'{text} (default: {source})'
+    return f'{text} (default: {value}' + (f'; {source})' if source else ')')
 
 
 def parse_args(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    ap.add_argument('--data', required=True, help='folder with train/ and val/, one folder per class')
+    ap.add_argument('--data', required=True,
+                    help='folder with train/ and val/, one folder per class; with --dataset cifar10, '
+                         "the folder that holds (or gets, with --download) torchvision's "
+                         'cifar-10-batches-py/')
+    ap.add_argument('--dataset', choices=['folder', 'cifar10'], default=None,
+                    help='folder (default): an ImageFolder tree. cifar10: CIFAR-10, validated on its '
+                         'test batch, with the CIFAR protocol of DARTS and TF-Slim as defaults: '
+                         + '; '.join(f'{k.replace("_", " ")} {v} ({src})' for k, (v, src) in
+                                     CIFAR_RECIPE.items()))
+    ap.add_argument('--download', action='store_true',
+                    help='with --dataset cifar10: download CIFAR-10 into --data when it is not there')
     ap.add_argument('--output', help='run folder (default with --resume: the folder of its file)')
     ap.add_argument('--weights', help='fine-tune this convert.py or train.py output (.pth or '
                                       '.safetensors); without it, train from scratch')
@@ -89,7 +114,8 @@ def parse_args(argv=None):
     g = ap.add_argument_group('network (from scratch; with --weights the file\'s network is used)')
     g.add_argument('--genotype', help='a name in genotypes.py or a JSON file of genotypes.to_dict '
                                       'output (default: PNASNet)')
-    g.add_argument('--preset', choices=['large', 'mobile'], help='default: large')
+    g.add_argument('--preset', choices=['large', 'mobile', 'cifar'],
+                   help='default: large; cifar (PNASNet-5 on CIFAR-10, N=3, F=48) with --dataset cifar10')
     g.add_argument('--filters', type=utils.int_at_least(1), help="num_conv_filters (default: the preset's)")
     g.add_argument('--cells', type=utils.int_at_least(1), help="num_cells (default: the preset's)")
     g.add_argument('--stem-multiplier', type=float, help="(default: the preset's)")
@@ -113,7 +139,7 @@ def parse_args(argv=None):
                    help=_help('after the warmup: exponential staircase decay, or cosine to 0', 'schedule'))
     r.add_argument('--decay-rate', type=float, help=_help('exponential decay factor', 'decay_rate'))
     r.add_argument('--decay-epochs', type=float, help=_help('epochs per exponential decay', 'decay_epochs'))
-    r.add_argument('--warmup-epochs', type=float, help=_help('linear warmup from 0', 'warmup_epochs'))
+    r.add_argument('--warmup-epochs', type=float, help=_help('epochs of linear warmup, raised every step', 'warmup_epochs'))
     r.add_argument('--weight-decay', type=float, help=_help('L2, kept off BN and biases', 'weight_decay'))
     r.add_argument('--label-smoothing', type=float, help=_help('label smoothing', 'label_smoothing'))
     r.add_argument('--aux-weight', type=float, help=_help('weight of the aux loss', 'aux_weight'))
@@ -160,6 +186,12 @@ def preset_drop_path(config: model_mod.PNASNetConfig) -> float:
 
 
 def fill_defaults(args) -> None:
+    if getattr(args, 'dataset', None) is None:
+        args.dataset = 'folder'
+    if args.dataset == 'cifar10':
+        for key, (value, _) in CIFAR_RECIPE.items():
+            if getattr(args, key, None) is None:
+                setattr(args, key, value)
     for key, (value, _) in RECIPE.items():
         if getattr(args, key, None) is None and value is not None:
             setattr(args, key, value)
@@ -297,9 +329,24 @@ class RMSpropTF(torch.optim.Optimizer):
     applies lr after the momentum. With TF's eps of 1.0 those differ by far more than rounding,
     so this class keeps TF's order; tests/test_train.py checks it against TensorFlow."""
 
+    CHUNK = 1 << 24  # elements updated at once: bounds the step's one temporary (64 MiB in fp32)
+
     def __init__(self, params, lr: float = 0.01, decay: float = 0.9, momentum: float = 0.9,
                  eps: float = 1.0):
         super().__init__(params, dict(lr=lr, decay=decay, momentum=momentum, eps=eps))
+
+    def _update(self, params: List[torch.Tensor], group: dict) -> None:
+        """The formulas above over many tensors at once (torch._foreach_*), with one temporary."""
+        grads = [p.grad for p in params]
+        ms = [self.state[p]['ms'] for p in params]
+        mom = [self.state[p]['mom'] for p in params]
+        torch._foreach_mul_(ms, group['decay'])  # ms + (g^2 - ms)(1 - decay), rearranged
+        torch._foreach_addcmul_(ms, grads, grads, value=1 - group['decay'])
+        denom = torch._foreach_add(ms, group['eps'])
+        torch._foreach_sqrt_(denom)
+        torch._foreach_mul_(mom, group['momentum'])
+        torch._foreach_addcdiv_(mom, grads, denom, value=group['lr'])
+        torch._foreach_sub_(params, mom)
 
     @torch.no_grad()
     def step(self, closure=None):
@@ -308,20 +355,30 @@ class RMSpropTF(torch.optim.Optimizer):
             with torch.enable_grad():
                 loss = closure()
         for group in self.param_groups:
-            lr, decay, momentum, eps = group['lr'], group['decay'], group['momentum'], group['eps']
-            for p in group['params']:
-                if p.grad is None:
-                    continue
-                g = p.grad
+            params = [p for p in group['params'] if p.grad is not None]
+            if not params:
+                continue
+            for p in params:
                 state = self.state[p]
                 if not state:
                     state['ms'] = torch.ones_like(p, memory_format=torch.preserve_format)
                     state['mom'] = torch.zeros_like(p, memory_format=torch.preserve_format)
-                ms, mom = state['ms'], state['mom']
-                ms.add_((g * g - ms) * (1 - decay))
-                mom.mul_(momentum).add_(g * lr / (ms + eps).sqrt())
-                p.sub_(mom)
+            for chunk in _chunks(params, self.CHUNK):
+                self._update(chunk, group)
         return loss
+
+
+def _chunks(tensors: List[torch.Tensor], limit: int):
+    """Consecutive runs of ``tensors`` of at most ``limit`` elements (a larger tensor alone)."""
+    run, size = [], 0
+    for t in tensors:
+        if run and size + t.numel() > limit:
+            yield run
+            run, size = [], 0
+        run.append(t)
+        size += t.numel()
+    if run:
+        yield run
 
 
 def param_groups(net: nn.Module, weight_decay: float) -> List[dict]:
@@ -341,7 +398,9 @@ def make_optimizer(groups: List[dict], args) -> torch.optim.Optimizer:
     if args.optimizer == 'rmsprop':
         return RMSpropTF(groups, lr=args.lr, decay=args.rmsprop_decay, momentum=args.momentum,
                          eps=args.rmsprop_eps)
-    return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum, nesterov=True)
+    # Nesterov as TF-Slim's momentum option has it; CIFAR: plain momentum, as DARTS trains
+    return torch.optim.SGD(groups, lr=args.lr, momentum=args.momentum,
+                           nesterov=getattr(args, 'dataset', 'folder') != 'cifar10')
 
 
 def lr_factor(step: int, steps_per_epoch: int, args) -> float:
@@ -374,6 +433,34 @@ def losses(output, target: torch.Tensor, label_smoothing: float, aux_weight: flo
         return main, main, None
     aux = F.cross_entropy(logits_aux.float(), target, label_smoothing=label_smoothing)
     return main + aux_weight * aux, main, aux
+
+
+def train_step(train_net: nn.Module, optimizer: torch.optim.Optimizer, scaler, x: torch.Tensor,
+               y: torch.Tensor, args, keep: bool = True):
+    """One step of the recipe: forward under autocast, loss with smoothing and the aux term,
+    backward (through the grad scaler), L2 on the decayed groups, clipping by global norm and
+    the optimizer's update. ``keep=False`` zeroes the loss (a step every DDP process must join
+    without data of its own). Returns the (total, main, aux) losses. benchmark.py --train times
+    this very function."""
+    with evaluation.autocast(x.device, args.precision):
+        output = train_net(x)
+    loss, main_loss, aux_loss = losses(output, y.clamp(min=0), args.label_smoothing, args.aux_weight)
+    if not keep:
+        loss = loss * 0.0
+    optimizer.zero_grad(set_to_none=True)
+    scaler.scale(loss).backward()
+    scaler.unscale_(optimizer)
+    for g in optimizer.param_groups:
+        with_grad = [p for p in g['params'] if p.grad is not None] if g.get('l2') else []
+        if with_grad:
+            torch._foreach_add_([p.grad for p in with_grad], [p.detach() for p in with_grad],
+                                alpha=g['l2'])
+    if args.clip_grad:
+        torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g['params']],
+                                       args.clip_grad)
+    scaler.step(optimizer)
+    scaler.update()
+    return loss, main_loss, aux_loss
 
 
 class EMA:
@@ -442,7 +529,7 @@ def build_network(args, class_names: List[str], log) -> Tuple[model_mod.NetworkI
             aux = False
         config = dataclasses.replace(config, auxiliary=aux)
         try:
-            net = model_mod.NetworkImageNet(config)
+            net = model_mod.build_network(config)
         except ValueError as e:
             raise UserError(str(e)) from None
         log(f'from scratch: {name_of(config)}, F={config.num_conv_filters}, {config.num_cells} cells, '
@@ -496,7 +583,7 @@ def build_network(args, class_names: List[str], log) -> Tuple[model_mod.NetworkI
     if not aux:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith('auxiliary_head.')}
     config = dataclasses.replace(config, auxiliary=aux, image_size=size)
-    net = model_mod.NetworkImageNet(config)
+    net = model_mod.build_network(config)
     check_shapes(net, state_dict, args.weights)
     missing, unexpected = net.load_state_dict(state_dict, strict=False)
     fresh_ok = ('auxiliary_head.',)
@@ -659,6 +746,20 @@ def validate(net: nn.Module, loader, run: Run) -> dict:
             'loss': float(totals[3]) / n, 'images': int(totals[2]), 'bad': int(totals[4])}
 
 
+def read_cifar(args, rank: int, world: int):
+    """cifar.load for every process; rank 0 alone downloads, the others wait for it."""
+    def load(download: bool):
+        try:
+            return cifar.load(args.data, download)
+        except cifar.CifarError as e:
+            raise UserError(str(e)) from None
+    if world == 1:
+        return load(args.download)
+    data = load(args.download) if rank == 0 else None
+    dist.barrier()
+    return data if rank == 0 else load(False)
+
+
 def bad_image_error(dataset, index: int) -> UserError:
     path = dataset.samples[index][0]
     return UserError(f'{path}: cannot decode the image; pass --skip-bad to skip such images '
@@ -678,6 +779,8 @@ def _train(args, device, rank: int, world: int) -> int:
     # denormal floats, which a fresh head's first steps can leave everywhere in a converted
     # body, slow a CPU's float units by orders of magnitude; TF flushes them to zero by default
     torch.set_flush_denormal(True)
+    if device.type == 'cpu':
+        utils.tune_cpu_allocator()  # as main.py: fewer page faults on every step's buffers
     state = None
     if args.resume:
         state = read_state(args.resume)
@@ -693,7 +796,11 @@ def _train(args, device, rank: int, world: int) -> int:
     if device.type == 'cuda':
         evaluation.setup_cuda(False)
 
-    class_names, train_samples, val_samples = find_split(args.data)
+    if args.dataset == 'cifar10':
+        cifar_data = read_cifar(args, rank, world)
+        class_names = cifar_data[0]
+    else:
+        class_names, train_samples, val_samples = find_split(args.data)
     if state is not None and state['class_names'] != class_names:
         raise UserError(f'--resume {args.resume}: the run was trained on {len(state["class_names"])} '
                         f'classes ({", ".join(state["class_names"][:4])}, ...), not the {len(class_names)} '
@@ -721,8 +828,15 @@ def _train(args, device, rank: int, world: int) -> int:
     optimizer = make_optimizer(groups, args)
     size = net.config.image_size
 
-    train_set = TrainDataset(train_samples, size)
-    val_set = utils.EvalDataset(val_samples, size, 'numpy', skip_bad=True)
+    if args.dataset == 'cifar10':
+        if size != 32:
+            raise UserError(f'--dataset cifar10: the images are 32 px, but the network is built for '
+                            f'{size} px; leave --image-size out, or give 32')
+        train_set = cifar.CifarDataset(cifar_data[1], cifar_data[2], train=True)
+        val_set = cifar.CifarDataset(cifar_data[3], cifar_data[4], train=False)
+    else:
+        train_set = TrainDataset(train_samples, size)
+        val_set = utils.EvalDataset(val_samples, size, 'numpy', skip_bad=True)
     per_rank = len(train_set) // world
     if per_rank < 2:
         raise UserError(f'--data {args.data}: {len(train_set)} training images; each of the {world} '
@@ -793,26 +907,10 @@ def _train(args, device, rank: int, world: int) -> int:
             model.drop_path_prob = drop_path_rate(args.drop_path, step, total_steps, args.drop_path_fixed)
             x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
             y = label.to(device, non_blocking=True)
-            with evaluation.autocast(device, args.precision):
-                output = train_net(x)
-            loss, main_loss, aux_loss = losses(output, y.clamp(min=0), args.label_smoothing, args.aux_weight)
-            if int((y >= 0).sum()) < len(y):
-                # under DDP every process must take part in each step: a batch with fewer than
-                # two good images contributes a zero loss
-                loss = loss * 0.0
-            optimizer.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.unscale_(optimizer)
-            for g in optimizer.param_groups:
-                if g['l2']:
-                    for p in g['params']:
-                        if p.grad is not None:
-                            p.grad.add_(p.detach(), alpha=g['l2'])
-            if args.clip_grad:
-                torch.nn.utils.clip_grad_norm_([p for g in optimizer.param_groups for p in g['params']],
-                                               args.clip_grad)
-            scaler.step(optimizer)
-            scaler.update()
+            # under DDP every process must take part in each step: a batch with fewer than two
+            # good images contributes a zero loss
+            loss, main_loss, aux_loss = train_step(train_net, optimizer, scaler, x, y, args,
+                                                   keep=int((y >= 0).sum()) == len(y))
             scheduler.step()
             step += 1
             if ema is not None:
