@@ -1,0 +1,330 @@
+"""Trains the Neural Predictor and reports MSE (accuracy in percent, squared) and Kendall tau.
+
+    python neural_predictor/train.py --data nasbench.hdf5 --splits splits.npz \\
+        --train-split 172 --eval-split all --json out.json
+    python neural_predictor/train.py ... --two-stage        # classifier, then regressor
+    python neural_predictor/train.py ... --folds 5          # k-fold cross-validation on the train split
+    python neural_predictor/train.py ... --select 100 --seeds 0 1 2 3 4   # end-to-end selection
+    python neural_predictor/train.py --table runs.json --rank MyGenotype PNASNet DARTS_V2
+
+The defaults are the reproduction's (neuralpredictor.pytorch): Adam at lr 1e-4 with weight decay
+1e-3, cosine over 300 epochs, batch 10 with drop_last, MSE on labels normalised with mean 0.908
+and std 0.024, the GCN of model.py. ``--table`` trains on a JSON table of (genotype, accuracy)
+rows of this project's genotypes and ranks candidate genotypes.
+"""
+import argparse
+import dataclasses
+import json
+import os
+import sys
+from typing import List
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+from neural_predictor import dataset  # noqa: E402
+from neural_predictor.common import fail, kendall_tau, mse_percent, write_atomic  # noqa: E402
+from neural_predictor.model import MLPPredictor, NeuralPredictor  # noqa: E402
+
+SCRIPT = 'neural_predictor/train.py'
+
+
+@dataclasses.dataclass
+class Settings:
+    epochs: int = 300
+    lr: float = 1e-4
+    weight_decay: float = 1e-3
+    batch_size: int = 10
+    seed: int = 0
+    model: str = 'gcn'  # or 'mlp'
+
+
+def build(settings: Settings, graphs: dataset.Graphs) -> torch.nn.Module:
+    if settings.model == 'mlp':
+        return MLPPredictor(graphs.ops.shape[1], graphs.ops.shape[2])
+    return NeuralPredictor(in_features=graphs.ops.shape[2])
+
+
+def fit(graphs: dataset.Graphs, targets: np.ndarray, settings: Settings, loss: str = 'mse') -> torch.nn.Module:
+    """A predictor trained on ``graphs`` towards ``targets`` (normalised accuracies, or 0/1 with
+    ``loss='bce'``), seeded: the same settings give the same weights."""
+    torch.manual_seed(settings.seed)
+    net = build(settings, graphs)
+    optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.epochs)
+    ops, adj, nv = graphs.tensors()
+    y = torch.as_tensor(np.asarray(targets, np.float32))
+    generator = torch.Generator().manual_seed(settings.seed)
+    batch = min(settings.batch_size, len(graphs))
+    net.train()
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(graphs), generator=generator)
+        for start in range(0, len(order) - batch + 1, batch):  # drop_last
+            idx = order[start:start + batch]
+            out = net(ops[idx], adj[idx], nv[idx])
+            if loss == 'bce':
+                value = F.binary_cross_entropy_with_logits(out, y[idx])
+            else:
+                value = F.mse_loss(out, y[idx])
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+        schedule.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def predict(net: torch.nn.Module, graphs: dataset.Graphs, batch: int = 4096) -> np.ndarray:
+    net.eval()
+    ops, adj, nv = graphs.tensors()
+    return torch.cat([net(ops[i:i + batch], adj[i:i + batch], nv[i:i + batch])
+                      for i in range(0, len(graphs), batch)]).numpy()
+
+
+def figures(pred_acc: np.ndarray, true_acc: np.ndarray) -> dict:
+    return {'mse': mse_percent(pred_acc, true_acc), 'kendall_tau': kendall_tau(pred_acc, true_acc)}
+
+
+def regress(train: dataset.Graphs, evaluate: dataset.Graphs, settings: Settings) -> np.ndarray:
+    """Predicted accuracies (fractions) of ``evaluate`` by a regressor trained on ``train``."""
+    net = fit(train, dataset.normalize(train.labels), settings)
+    return dataset.denormalize(predict(net, evaluate))
+
+
+def two_stage(train: dataset.Graphs, evaluate: dataset.Graphs, settings: Settings, threshold: float):
+    """The paper's cascade: a classifier (the same GCN, binary cross-entropy) of "accuracy above
+    ``threshold``" on every training cell, and a regressor on the training cells above it. Cells
+    the classifier rejects are ranked below every accepted one (at the lowest regressed value
+    minus one label std); returns (predicted accuracies, the classifier's accept mask)."""
+    good = train.labels > threshold
+    if good.sum() < 2 or good.all():
+        raise dataset.DataError(f'--two-stage {threshold}: {int(good.sum())} of the {len(train)} training '
+                                f'cells are above the threshold; the classifier needs both kinds')
+    classifier = fit(train, good.astype(np.float32), settings, loss='bce')
+    accept = predict(classifier, evaluate) > 0.0
+    pred = regress(train.subset(np.where(good)[0]), evaluate, settings)
+    low = pred[accept].min() if accept.any() else pred.min()
+    return np.where(accept, pred, low - dataset.STD), accept
+
+
+def k_fold(train: dataset.Graphs, settings: Settings, folds: int) -> dict:
+    """Each of ``folds`` parts of the training cells predicted by a regressor trained on the rest."""
+    if folds < 2 or folds > len(train):
+        raise dataset.DataError(f'--folds {folds}: needs 2 to {len(train)} folds for {len(train)} cells')
+    order = np.random.RandomState(settings.seed).permutation(len(train))
+    parts = np.array_split(order, folds)
+    per_fold = []
+    for k, held in enumerate(parts):
+        rest = np.concatenate([p for j, p in enumerate(parts) if j != k])
+        pred = regress(train.subset(rest), train.subset(held), settings)
+        per_fold.append(figures(pred, train.labels[held]))
+    return {'folds': per_fold, **{f'{key}_{stat}': float(fn([f[key] for f in per_fold]))
+                                  for key in ('mse', 'kendall_tau')
+                                  for stat, fn in (('mean', np.mean), ('std', np.std))}}
+
+
+def scatter(pred_acc: np.ndarray, true_acc: np.ndarray, path: str, title: str) -> None:
+    import matplotlib
+    matplotlib.use('Agg')
+    import matplotlib.pyplot as plt
+    fig, ax = plt.subplots(figsize=(5, 5))
+    ax.scatter(np.asarray(true_acc) * 100, np.asarray(pred_acc) * 100, s=2, alpha=0.5)
+    lo = float(min(np.min(true_acc), np.min(pred_acc))) * 100
+    hi = float(max(np.max(true_acc), np.max(pred_acc))) * 100
+    ax.plot([lo, hi], [lo, hi], 'k--', lw=0.8)
+    ax.set_xlabel('true accuracy (%)')
+    ax.set_ylabel('predicted accuracy (%)')
+    ax.set_title(title)
+    ax.grid(linestyle='--', alpha=0.5)
+    fig.tight_layout()
+    write_atomic(path, lambda f: fig.savefig(f, format='png', dpi=100))
+    plt.close(fig)
+
+
+# --- end-to-end selection -------------------------------------------------------------------------
+
+def predictor_search(table: dataset.Graphs, n_train: int, k: int, settings: Settings) -> float:
+    """Train on ``n_train`` random cells of ``table``, predict every other cell, look up the top
+    ``k``; the best accuracy among the n_train + k looked up."""
+    rng = np.random.RandomState(settings.seed)
+    order = rng.permutation(len(table))
+    seen, rest = order[:n_train], order[n_train:]
+    pred = regress(table.subset(seen), table.subset(rest), settings)
+    top = rest[np.argsort(-pred, kind='stable')[:k]]
+    return float(table.labels[np.concatenate([seen, top])].max())
+
+
+def random_search(table: dataset.Graphs, budget: int, seed: int) -> float:
+    pick = np.random.RandomState(seed).permutation(len(table))[:budget]
+    return float(table.labels[pick].max())
+
+
+def regularized_evolution(table: dataset.Graphs, budget: int, seed: int, keys: List[tuple],
+                          population: int = 50, sample: int = 10) -> float:
+    """Real et al.'s aging evolution over the table's cells: a population of random cells; each
+    round the best of a random sample is mutated (one position of its key to another value that
+    position takes in the table), looked up and added, and the oldest member dies; a mutant
+    outside the table is drawn again. ``budget`` counts every look-up, the initial population's
+    included. ``keys`` are the cells as tuples, for the look-up of a mutant."""
+    rng = np.random.RandomState(seed)
+    where = {key: i for i, key in enumerate(keys)}
+    values = [sorted({k[p] for k in keys}) for p in range(len(keys[0]))]
+    mutable = [p for p, v in enumerate(values) if len(v) > 1]
+    members = [int(i) for i in rng.permutation(len(table))[:min(population, budget)]]
+    best = float(table.labels[members].max())
+    for _ in range(budget - len(members)):  # every child is one look-up
+        contenders = rng.choice(len(members), size=min(sample, len(members)), replace=False)
+        parent = max((members[c] for c in contenders), key=lambda i: table.labels[i])
+        child = None
+        for _ in range(100):
+            key = list(keys[parent])
+            pos = mutable[rng.randint(len(mutable))]
+            others = [v for v in values[pos] if v != key[pos]]
+            key[pos] = others[rng.randint(len(others))]
+            child = where.get(tuple(key))
+            if child is not None:
+                break
+        if child is None:  # no mutant in the table: a random cell instead
+            child = int(rng.randint(len(table)))
+        best = max(best, float(table.labels[child]))
+        members.append(child)
+        members.pop(0)
+    return best
+
+
+# --- the command line -------------------------------------------------------------------------------
+
+def parse_args(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap.add_argument('--data', help='NAS-Bench-101 in the HDF5 layout (tools/nasbench_tfrecord_converter.py)')
+    ap.add_argument('--splits', help='the .npz of tools/split_train_val.py')
+    ap.add_argument('--train-split', default='172', help='split to train on (default 172)')
+    ap.add_argument('--eval-split', default='all', help='split to evaluate on (default all)')
+    ap.add_argument('--table', help='instead of --data: a JSON list of {"genotype", "accuracy"} rows '
+                                    "of this project's genotypes, all trained on")
+    ap.add_argument('--rank', nargs='+', metavar='GENOTYPE',
+                    help='with --table: genotype names or JSON files to rank by predicted accuracy')
+    ap.add_argument('--epochs', type=int, default=300, help='default 300 (the reproduction)')
+    ap.add_argument('--lr', type=float, default=1e-4, help='Adam learning rate (default 1e-4)')
+    ap.add_argument('--weight-decay', type=float, default=1e-3, help='Adam weight decay (default 1e-3)')
+    ap.add_argument('--batch-size', type=int, default=10, help='default 10, with drop_last')
+    ap.add_argument('--seed', type=int, default=0)
+    ap.add_argument('--model', choices=['gcn', 'mlp'], default='gcn')
+    ap.add_argument('--two-stage', nargs='?', type=float, const=0.91, metavar='THRESHOLD',
+                    help='classifier of "val accuracy above THRESHOLD" (default 0.91), then the regressor')
+    ap.add_argument('--folds', type=int, help='k-fold cross-validation on the train split')
+    ap.add_argument('--select', type=int, metavar='K',
+                    help='end-to-end selection: train on --train-split\'s size of random cells, look up '
+                         'the predicted top K of the eval split, against random search and regularized '
+                         'evolution with as many look-ups')
+    ap.add_argument('--seeds', type=int, nargs='+', help='with --select: the seeds (default: --seed)')
+    ap.add_argument('--json', help='write the figures here')
+    ap.add_argument('--plot', help='predicted-vs-true scatter PNG (default: beside --json)')
+    return ap.parse_args(argv)
+
+
+def settings_of(args) -> Settings:
+    for flag in ('epochs', 'batch_size'):
+        if getattr(args, flag) < 1:
+            raise dataset.DataError(f'--{flag.replace("_", "-")} must be at least 1')
+    return Settings(args.epochs, args.lr, args.weight_decay, args.batch_size, args.seed, args.model)
+
+
+def run_table(args, settings: Settings) -> dict:
+    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+    import genotypes
+    table = dataset.read_genotype_table(args.table, genotypes.get)
+    if len(table) < settings.batch_size:
+        settings = dataclasses.replace(settings, batch_size=len(table))
+    result = {'n_train': len(table), 'settings': dataclasses.asdict(settings), 'table': args.table}
+    net = fit(table, dataset.normalize(table.labels), settings)
+    if args.rank:
+        try:
+            cands = [genotypes.load(name) for name in args.rank]
+        except (ValueError, OSError) as e:
+            raise dataset.DataError(f'--rank: {e}') from None
+        graphs = dataset.stack([dataset.encode_genotype(g) for g in cands], np.zeros(len(cands)))
+        if settings.model == 'mlp' and graphs.ops.shape[1] != table.ops.shape[1]:
+            raise dataset.DataError('--rank with --model mlp: the candidates\' cells have another number '
+                                    'of nodes than the table\'s; the GCN takes any')
+        pred = dataset.denormalize(predict(net, graphs))
+        order = np.argsort(-pred, kind='stable')
+        result['ranking'] = [{'genotype': args.rank[i], 'predicted_accuracy': float(pred[i])} for i in order]
+        for place, i in enumerate(order, 1):
+            print(f'{place:3d}. {args.rank[i]:32s} predicted {100 * pred[i]:.2f} %')
+    return result
+
+
+def run(args) -> dict:
+    settings = settings_of(args)
+    if args.table:
+        return run_table(args, settings)
+    if not args.data or not args.splits:
+        raise dataset.DataError('give --data FILE.hdf5 and --splits SPLITS.npz (or --table FILE.json)')
+    table = dataset.read_nb101(args.data)
+    splits = dataset.read_splits(args.splits, len(table), args.data)
+    train_idx = dataset.select(splits, args.train_split, len(table), '--train-split')
+    eval_idx = dataset.select(splits, args.eval_split, len(table), '--eval-split')
+    if len(train_idx) < 2:
+        raise dataset.DataError(f'--train-split {args.train_split}: {len(train_idx)} cells; at least 2 needed')
+    train, evaluate = table.subset(train_idx), table.subset(eval_idx)
+    if len(train) < settings.batch_size:
+        settings = dataclasses.replace(settings, batch_size=len(train))
+    result = {'n_train': len(train), 'n_eval': len(evaluate), 'train_split': args.train_split,
+              'eval_split': args.eval_split, 'data': args.data, 'settings': dataclasses.asdict(settings)}
+    if args.select:
+        seeds = args.seeds or [args.seed]
+        rows = {'predictor': [], 'random': [], 'evolution': []}
+        keys = [tuple(int(v) for v in row) for row in np.concatenate(
+            [table.ops[eval_idx].argmax(-1), table.adjacency[eval_idx].reshape(len(eval_idx), -1)], 1)]
+        for s in seeds:
+            rows['predictor'].append(predictor_search(evaluate, len(train), args.select,
+                                                      dataclasses.replace(settings, seed=s)))
+            rows['random'].append(random_search(evaluate, len(train) + args.select, s))
+            rows['evolution'].append(regularized_evolution(evaluate, len(train) + args.select, s, keys))
+        result['selection'] = {k: {'best': v, 'mean': float(np.mean(v)), 'std': float(np.std(v))}
+                               for k, v in rows.items()}
+        result['selection']['budget'] = len(train) + args.select
+        for k, v in result['selection'].items():
+            if k != 'budget':
+                print(f'{k:10s} best val accuracy found with {len(train) + args.select} look-ups: '
+                      f'{100 * v["mean"]:.2f} +- {100 * v["std"]:.2f} %')
+        return result
+    if args.folds:
+        result['cross_validation'] = k_fold(train, settings, args.folds)
+        cv = result['cross_validation']
+        print(f'{args.folds}-fold on {len(train)}: MSE {cv["mse_mean"]:.3f} +- {cv["mse_std"]:.3f}, '
+              f'Kendall tau {cv["kendall_tau_mean"]:.4f} +- {cv["kendall_tau_std"]:.4f}')
+    if args.two_stage is not None:
+        pred, accept = two_stage(train, evaluate, settings, args.two_stage)
+        result['two_stage'] = {'threshold': args.two_stage, 'accepted': int(accept.sum()),
+                               'classifier_accuracy': float(np.mean(accept == (evaluate.labels > args.two_stage)))}
+    else:
+        pred = regress(train, evaluate, settings)
+    result.update(figures(pred, evaluate.labels))
+    print(f'train {args.train_split} ({len(train)}), eval {args.eval_split} ({len(evaluate)}): '
+          f'MSE {result["mse"]:.3f}  Kendall tau {result["kendall_tau"]:.4f}')
+    plot = args.plot or (os.path.splitext(args.json)[0] + '.png' if args.json else None)
+    if plot:
+        scatter(pred, evaluate.labels, plot, f'{settings.model}, train {args.train_split}, '
+                                             f'tau {result["kendall_tau"]:.3f}')
+        result['plot'] = plot
+    return result
+
+
+def main(argv=None) -> int:
+    args = parse_args(argv)
+    try:
+        result = run(args)
+    except dataset.DataError as e:
+        return fail(SCRIPT, str(e))
+    if args.json:
+        text = json.dumps(result, indent=1)
+        write_atomic(args.json, lambda f: f.write(text.encode()))
+    return 0
+
+
+if __name__ == '__main__':
+    sys.exit(main())
