@@ -87,10 +87,13 @@ def figures(pred_acc: np.ndarray, true_acc: np.ndarray) -> dict:
     return {'mse': mse_percent(pred_acc, true_acc), 'kendall_tau': kendall_tau(pred_acc, true_acc)}
 
 
-def regress(train: dataset.Graphs, evaluate: dataset.Graphs, settings: Settings) -> np.ndarray:
-    """Predicted accuracies (fractions) of ``evaluate`` by a regressor trained on ``train``."""
-    net = fit(train, dataset.normalize(train.labels), settings)
-    return dataset.denormalize(predict(net, evaluate))
+def regress(train: dataset.Graphs, evaluate: dataset.Graphs, settings: Settings,
+            norm=(dataset.MEAN, dataset.STD)) -> np.ndarray:
+    """Predicted accuracies (fractions) of ``evaluate`` by a regressor trained on ``train``
+    towards labels normalised by ``norm`` (mean, std): NAS-Bench-101's by default."""
+    mean, std = norm
+    net = fit(train, (train.labels - mean) / std, settings)
+    return predict(net, evaluate) * std + mean
 
 
 def two_stage(train: dataset.Graphs, evaluate: dataset.Graphs, settings: Settings, threshold: float):
@@ -145,13 +148,14 @@ def scatter(pred_acc: np.ndarray, true_acc: np.ndarray, path: str, title: str) -
 
 # --- end-to-end selection -------------------------------------------------------------------------
 
-def predictor_search(table: dataset.Graphs, n_train: int, k: int, settings: Settings) -> float:
+def predictor_search(table: dataset.Graphs, n_train: int, k: int, settings: Settings,
+                     norm=(dataset.MEAN, dataset.STD)) -> float:
     """Train on ``n_train`` random cells of ``table``, predict every other cell, look up the top
     ``k``; the best accuracy among the n_train + k looked up."""
     rng = np.random.RandomState(settings.seed)
     order = rng.permutation(len(table))
     seen, rest = order[:n_train], order[n_train:]
-    pred = regress(table.subset(seen), table.subset(rest), settings)
+    pred = regress(table.subset(seen), table.subset(rest), settings, norm)
     top = rest[np.argsort(-pred, kind='stable')[:k]]
     return float(table.labels[np.concatenate([seen, top])].max())
 

@@ -83,9 +83,10 @@ def test_pnasnet_cifar_matches_the_tf_twin(tmp_path, tf, filters, cells):
     with torch.no_grad():
         logits = net(x).numpy()
     aux = aux_logits(net, x).numpy()
+    d_logits, d_aux = np.abs(logits - ref['logits']).max(), np.abs(aux - ref['aux_logits']).max()
+    print(f'CIFAR F={filters} {cells} cells: logits {d_logits:.2e} aux {d_aux:.2e}')
     assert 0.2 < np.abs(ref['logits']).max() < 5
-    assert np.abs(logits - ref['logits']).max() < TOL
-    assert np.abs(aux - ref['aux_logits']).max() < TOL
+    assert d_logits < TOL and d_aux < TOL
 
 
 def write_cifar10(root, n_train=100, n_test=30, seed=0):

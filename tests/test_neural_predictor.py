@@ -341,3 +341,24 @@ def test_bad_inputs_get_one_line_and_exit_1(tmp_path):
     bad(np_train.main, ['--data', str(tmp_path / 'nb.hdf5'), '--splits', str(tmp_path / 's.npz'),
                         '--train-split', 'nope'], '--train-split nope')
     bad(np_train.main, ['--data', str(tmp_path / 'none.hdf5'), '--splits', str(tmp_path / 's.npz')], 'no such file')
+
+
+def test_nb201_experiments_command_reports_gcn_mlp_and_selection(tmp_path):
+    from neural_predictor.tools import nb201_experiments
+    write_analog_table(tmp_path / 'data.anb', n=300, seed=4)
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        status = nb201_experiments.main(['--table', str(tmp_path / 'data.anb'), '--sizes', '20', '40',
+                                         '--seeds', '0', '1', '--epochs', '20', '--select-train', '20',
+                                         '--select-top', '10', '--json', str(tmp_path / 'r.json')])
+    assert status == 0
+    r = json.loads((tmp_path / 'r.json').read_text())
+    assert [row['n_train'] for row in r['prediction']] == [20, 40]
+    for row in r['prediction']:
+        assert len(row['gcn']['kendall_tau']['values']) == 2 and 'mse' in row['mlp']
+    assert r['selection']['budget'] == 30
+    assert set(r['selection']) >= {'gcn', 'random', 'evolution'}
+    text = out.getvalue()
+    assert 'GCN tau' in text and 'regularized evolution' in text
+    # a learnable table: 40 cells rank the rest well
+    assert r['prediction'][1]['gcn']['kendall_tau']['mean'] > 0.5
