@@ -168,9 +168,17 @@ class Cell(nn.Module):
         s1 = self.preprocess1(s1)
         states = [s0, s1]
         drop_prob = drop_prob * self.drop_scale if self.training else 0.0
+        rectified = {}  # ReLU(state), computed once for all the ops that begin with it
+
+        def run(op: nn.Module, index: int) -> torch.Tensor:
+            if not getattr(op, 'reads_relu', False):
+                return op(states[index])
+            if index not in rectified:
+                rectified[index] = F.relu(states[index])
+            return op(rectified[index], rectified=True)
         for i in range(self._steps):
-            h1 = self._ops[2 * i](states[self._indices[2 * i]])
-            h2 = self._ops[2 * i + 1](states[self._indices[2 * i + 1]])
+            h1 = run(self._ops[2 * i], self._indices[2 * i])
+            h2 = run(self._ops[2 * i + 1], self._indices[2 * i + 1])
             if drop_prob > 0.0:  # TF-Slim drops every op's output except the identity's
                 if not isinstance(self._ops[2 * i], SkipConnect):
                     h1 = drop_path(h1, drop_prob)

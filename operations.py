@@ -160,8 +160,10 @@ class SepConv(nn.Module):
         self.pointwise2 = nn.Conv2d(C_out, C_out, 1, bias=False)
         self.bn2 = batch_norm(C_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.bn1(self.pointwise1(self.depthwise1(self.relu1(x))))
+    reads_relu = True  # its first step is ReLU(x): a cell may pass x rectified already
+
+    def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
+        x = self.bn1(self.pointwise1(self.depthwise1(x if rectified else self.relu1(x))))
         return self.bn2(self.pointwise2(self.depthwise2(self.relu2(x))))
 
 
@@ -178,8 +180,10 @@ class DilConv(nn.Module):
         self.pointwise = nn.Conv2d(C_in, C_out, 1, bias=False)
         self.bn = batch_norm(C_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.pointwise(self.depthwise(self.relu(x))))
+    reads_relu = True
+
+    def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
+        return self.bn(self.pointwise(self.depthwise(x if rectified else self.relu(x))))
 
 
 class Conv7x1x1x7(nn.Module):
@@ -192,8 +196,10 @@ class Conv7x1x1x7(nn.Module):
         self.conv_7x1 = Conv2dSame(C_out, C_out, (7, 1), (stride, 1), padding=padding)
         self.bn = batch_norm(C_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv_7x1(self.conv_1x7(self.relu(x))))
+    reads_relu = True
+
+    def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
+        return self.bn(self.conv_7x1(self.conv_1x7(x if rectified else self.relu(x))))
 
 
 class Pool(nn.Module):
@@ -226,8 +232,14 @@ class SkipConnect(nn.Module):
             self.conv = nn.Conv2d(C_in, C_out, 1, stride=stride, bias=False)
             self.bn = batch_norm(C_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(self.relu(x))) if self.project else x
+    @property
+    def reads_relu(self) -> bool:
+        return self.project
+
+    def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
+        if not self.project:
+            return x
+        return self.bn(self.conv(x if rectified else self.relu(x)))
 
 
 class Zero(nn.Module):
