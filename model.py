@@ -12,7 +12,7 @@ The 1001 logits put the background class at index 0; ImageNet class k is logit k
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Sequence, Union
 
 import torch
 import torch.nn as nn

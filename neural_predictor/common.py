@@ -1,4 +1,5 @@
 """What the predictor's scripts share: atomic writes, one-line errors, metrics."""
+import json
 import os
 import sys
 import tempfile
@@ -6,20 +7,34 @@ import tempfile
 import numpy as np
 
 
-def write_atomic(path: str, write) -> None:
-    """``write(f)`` into a temporary file beside ``path``, then renamed over it: a reader never
-    sees half a file, and an existing file survives a failed write."""
+def replace_atomic(path: str, write_to) -> None:
+    """``write_to(tmp)`` writes a temporary file beside ``path`` by its name, which is then
+    renamed over ``path``: a reader never sees half a file, and an existing file survives a
+    failed write."""
     folder = os.path.dirname(os.path.abspath(path)) or '.'
     os.makedirs(folder, exist_ok=True)
     fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.')
+    os.close(fd)
     try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
+        write_to(tmp)
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+
+
+def write_atomic(path: str, write) -> None:
+    """``write(f)`` into an open binary file, atomically as ``replace_atomic``."""
+    def write_to(tmp):
+        with open(tmp, 'wb') as f:
+            write(f)
+    replace_atomic(path, write_to)
+
+
+def write_json(obj, path: str) -> None:
+    text = json.dumps(obj, indent=1)
+    write_atomic(path, lambda f: f.write(text.encode()))
 
 
 def fail(script: str, message: str) -> int:

@@ -14,10 +14,8 @@ rows of this project's genotypes and ranks candidate genotypes.
 """
 import argparse
 import dataclasses
-import json
 import os
 import sys
-from typing import List
 
 import numpy as np
 import torch
@@ -25,7 +23,7 @@ import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from neural_predictor import dataset  # noqa: E402
-from neural_predictor.common import fail, kendall_tau, mse_percent, write_atomic  # noqa: E402
+from neural_predictor.common import fail, kendall_tau, mse_percent, write_atomic, write_json  # noqa: E402
 from neural_predictor.model import MLPPredictor, NeuralPredictor  # noqa: E402
 
 SCRIPT = 'neural_predictor/train.py'
@@ -165,14 +163,15 @@ def random_search(table: dataset.Graphs, budget: int, seed: int) -> float:
     return float(table.labels[pick].max())
 
 
-def regularized_evolution(table: dataset.Graphs, budget: int, seed: int, keys: List[tuple],
-                          population: int = 50, sample: int = 10) -> float:
+def regularized_evolution(table: dataset.Graphs, budget: int, seed: int, population: int = 50,
+                          sample: int = 10) -> float:
     """Real et al.'s aging evolution over the table's cells: a population of random cells; each
     round the best of a random sample is mutated (one position of its key to another value that
     position takes in the table), looked up and added, and the oldest member dies; a mutant
     outside the table is drawn again. ``budget`` counts every look-up, the initial population's
-    included. ``keys`` are the cells as tuples, for the look-up of a mutant."""
+    included. A mutant is looked up by its key (``Graphs.keys``)."""
     rng = np.random.RandomState(seed)
+    keys = table.keys()
     where = {key: i for i, key in enumerate(keys)}
     values = [sorted({k[p] for k in keys}) for p in range(len(keys[0]))]
     mutable = [p for p, v in enumerate(values) if len(v) > 1]
@@ -237,8 +236,7 @@ def settings_of(args) -> Settings:
 
 
 def run_table(args, settings: Settings) -> dict:
-    sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-    import genotypes
+    import genotypes  # the project's, on the path inserted above
     table = dataset.read_genotype_table(args.table, genotypes.get)
     if len(table) < settings.batch_size:
         settings = dataclasses.replace(settings, batch_size=len(table))
@@ -281,13 +279,11 @@ def run(args) -> dict:
     if args.select:
         seeds = args.seeds or [args.seed]
         rows = {'predictor': [], 'random': [], 'evolution': []}
-        keys = [tuple(int(v) for v in row) for row in np.concatenate(
-            [table.ops[eval_idx].argmax(-1), table.adjacency[eval_idx].reshape(len(eval_idx), -1)], 1)]
         for s in seeds:
             rows['predictor'].append(predictor_search(evaluate, len(train), args.select,
                                                       dataclasses.replace(settings, seed=s)))
             rows['random'].append(random_search(evaluate, len(train) + args.select, s))
-            rows['evolution'].append(regularized_evolution(evaluate, len(train) + args.select, s, keys))
+            rows['evolution'].append(regularized_evolution(evaluate, len(train) + args.select, s))
         result['selection'] = {k: {'best': v, 'mean': float(np.mean(v)), 'std': float(np.std(v))}
                                for k, v in rows.items()}
         result['selection']['budget'] = len(train) + args.select
@@ -325,8 +321,7 @@ def main(argv=None) -> int:
     except dataset.DataError as e:
         return fail(SCRIPT, str(e))
     if args.json:
-        text = json.dumps(result, indent=1)
-        write_atomic(args.json, lambda f: f.write(text.encode()))
+        write_json(result, args.json)
     return 0
 
 

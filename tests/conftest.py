@@ -34,3 +34,16 @@ def small_checkpoint(tmp_path_factory, tf):
     values, (ends,) = tf_reference.make_random_checkpoint(prefix, config, seed=3,
                                                           eval_images=[images])
     return {'prefix': prefix, 'config': config, 'values': values, 'images': images, 'ends': ends}
+
+
+def aux_logits(net, x):
+    """Aux logits as TF-Slim computes them: training graph, BN on moving statistics."""
+    import torch.nn as nn
+    net.train()
+    for m in net.modules():
+        if isinstance(m, (nn.BatchNorm2d, nn.Dropout)):
+            m.eval()
+    with torch.no_grad():
+        out = net(x)[1]
+    net.eval()
+    return out

@@ -7,12 +7,12 @@ import pickle
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 import convert
 import genotypes
 import model
 import tf_reference
+from conftest import aux_logits
 from model import PNASNetConfig
 
 TOL = 1e-4
@@ -53,17 +53,6 @@ def test_pnasnet5_cifar_parameter_count_is_pinned():
     assert total - aux == 3_189_082  # the paper: 3.2 M
     assert aux == 1_643_786  # its last conv is 4x4: 128 x 768 x 16 of it
     assert model.build_network(PNASNetConfig.cifar()).__class__ is model.NetworkCIFAR
-
-
-def aux_logits(net, x):
-    net.train()
-    for m in net.modules():
-        if isinstance(m, (nn.BatchNorm2d, nn.Dropout)):
-            m.eval()
-    with torch.no_grad():
-        out = net(x)[1]
-    net.eval()
-    return out
 
 
 @pytest.mark.parametrize('filters, cells', [(8, 5), (12, 8)])

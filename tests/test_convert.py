@@ -8,11 +8,11 @@ import tarfile
 import numpy as np
 import pytest
 import torch
-import torch.nn as nn
 
 import convert
 import model
 import tf_reference
+from conftest import aux_logits
 from model import PNASNetConfig
 
 TOL = 1e-4
@@ -21,18 +21,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # sizes grouped by the aux head kernel they imply (one TF graph per group)
 CASES = [(preset, f, group) for preset, f in (('large', 8), ('mobile', 10))
          for group in ((331, 323), (299,), (224, 225))]
-
-
-def aux_logits(net, x):
-    """Aux logits as TF-Slim computes them: training graph, BN on moving statistics."""
-    net.train()
-    for m in net.modules():
-        if isinstance(m, (nn.BatchNorm2d, nn.Dropout)):
-            m.eval()
-    with torch.no_grad():
-        out = net(x)[1]
-    net.eval()
-    return out
 
 
 @pytest.mark.parametrize('preset, filters, sizes', CASES,

@@ -20,7 +20,7 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from neural_predictor.common import fail  # noqa: E402
+from neural_predictor.common import fail, replace_atomic  # noqa: E402
 
 EPOCHS = [4, 12, 36, 108]
 OPS = {'input': -1, 'output': -2, 'conv3x3-bn-relu': 0, 'conv1x1-bn-relu': 1, 'maxpool3x3': 2}
@@ -144,17 +144,13 @@ def tfrecord_records(path: str):
 
 
 def write_hdf5(arrays, path: str) -> None:
-    """HDF5 into a temporary file beside ``path``, renamed over it when complete."""
     import h5py
-    tmp = os.path.join(os.path.dirname(os.path.abspath(path)), '.' + os.path.basename(path) + '.part')
-    try:
+
+    def write_to(tmp):
         with h5py.File(tmp, 'w') as h:
             for key, value in arrays.items():
                 h.create_dataset(key, data=value)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    replace_atomic(path, write_to)
 
 
 def main(argv=None) -> int:

@@ -11,8 +11,6 @@ Labels are normalised by the training cells' own mean and std. Each figure is a 
 (standard deviation) over the seeds, all measured in this one run.
 """
 import argparse
-import ast
-import json
 import os
 import sys
 import time
@@ -23,7 +21,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from neural_predictor import dataset  # noqa: E402
 from neural_predictor import train as np_train  # noqa: E402
-from neural_predictor.common import fail, write_atomic  # noqa: E402
+from neural_predictor.common import fail, write_json  # noqa: E402
 
 
 def mean_std(values):
@@ -75,7 +73,6 @@ def main(argv=None) -> int:
               f'{g["mse"]["mean"]:6.2f} +- {g["mse"]["std"]:4.2f}  {m["mse"]["mean"]:6.2f} +- {m["mse"]["std"]:4.2f}',
               flush=True)
     budget = args.select_train + args.select_top
-    keys = [tuple(int(v) for v in ast.literal_eval(name)) for name in table.names]  # str(tuple) of ints
     best = {'gcn': [], 'random': [], 'evolution': []}
     for seed in args.seeds:
         settings = np_train.Settings(epochs=args.epochs, seed=seed)
@@ -83,7 +80,7 @@ def main(argv=None) -> int:
         norm = (float(table.labels[order].mean()), float(table.labels[order].std()) or 1.0)
         best['gcn'].append(np_train.predictor_search(table, args.select_train, args.select_top, settings, norm))
         best['random'].append(np_train.random_search(table, budget, seed))
-        best['evolution'].append(np_train.regularized_evolution(table, budget, seed, keys))
+        best['evolution'].append(np_train.regularized_evolution(table, budget, seed))
     top = float(table.labels.max())
     result['selection'] = {'budget': budget, 'best_in_table': top,
                            **{k: mean_std(v) for k, v in best.items()}}
@@ -94,8 +91,7 @@ def main(argv=None) -> int:
         print(f'  {label:22s} {100 * v["mean"]:.2f} +- {100 * v["std"]:.2f} %')
     result['seconds'] = time.perf_counter() - start
     if args.json:
-        text = json.dumps(result, indent=1)
-        write_atomic(args.json, lambda f: f.write(text.encode()))
+        write_json(result, args.json)
     return 0
 
 
