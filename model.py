@@ -20,7 +20,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 import genotypes as genotypes_mod
-from operations import OPS, PADDING_MODES, FactorizedReduce, ReLUConvBN, SkipConnect, batch_norm, drop_path
+from operations import (OPS, PADDING_MODES, FactorizedReduce, ReLUConvBN, SkipConnect, add_dropped, batch_norm,
+                        drop_path_mask)
 
 
 MIN_IMAGE_SIZE = 3  # conv0 is a VALID 3x3 conv: a smaller input leaves it nothing
@@ -162,13 +163,20 @@ class Cell(nn.Module):
             C_in = C0 if index == 0 else C
             self._ops.append(OPS[name](C_in, C, stride, padding))
 
-    def forward(self, s0: Optional[torch.Tensor], s1: torch.Tensor,
-                drop_prob: float = 0.0) -> torch.Tensor:
-        s0 = s1 if self.preprocess0 is None else self.preprocess0(s0)
-        s1 = self.preprocess1(s1)
+    def forward(self, s0: Optional[torch.Tensor], s1: torch.Tensor, drop_prob: float = 0.0,
+                r0: Optional[torch.Tensor] = None, r1: Optional[torch.Tensor] = None) -> torch.Tensor:
+        """The cell's output; ``r0``/``r1``, where the caller has them, are ReLU(s0)/ReLU(s1),
+        which the input projections and the ops that begin with a ReLU then read instead of
+        rectifying the state once more (the network hands each cell output over rectified to
+        the two cells and the head that read it)."""
+        if self.preprocess0 is None:
+            s0, r0 = s1, r1
+        else:
+            s0, r0 = _read(self.preprocess0, s0, r0), None
+        s1 = _read(self.preprocess1, s1, r1)
         states = [s0, s1]
         drop_prob = drop_prob * self.drop_scale if self.training else 0.0
-        rectified = {}  # ReLU(state), computed once for all the ops that begin with it
+        rectified = {} if r0 is None else {0: r0}  # ReLU(state), once for all its readers
 
         def run(op: nn.Module, index: int) -> torch.Tensor:
             if not getattr(op, 'reads_relu', False):
@@ -176,16 +184,35 @@ class Cell(nn.Module):
             if index not in rectified:
                 rectified[index] = F.relu(states[index])
             return op(rectified[index], rectified=True)
+
+        def mask(op: nn.Module, h: torch.Tensor) -> Optional[torch.Tensor]:
+            # TF-Slim drops every op's output except the identity's
+            return None if isinstance(op, SkipConnect) else drop_path_mask(h, drop_prob)
         for i in range(self._steps):
-            h1 = run(self._ops[2 * i], self._indices[2 * i])
-            h2 = run(self._ops[2 * i + 1], self._indices[2 * i + 1])
-            if drop_prob > 0.0:  # TF-Slim drops every op's output except the identity's
-                if not isinstance(self._ops[2 * i], SkipConnect):
-                    h1 = drop_path(h1, drop_prob)
-                if not isinstance(self._ops[2 * i + 1], SkipConnect):
-                    h2 = drop_path(h2, drop_prob)
-            states.append(h1 + h2)
+            op1, op2 = self._ops[2 * i], self._ops[2 * i + 1]
+            h1 = run(op1, self._indices[2 * i])
+            h2 = run(op2, self._indices[2 * i + 1])
+            states.append(add_dropped(h1, mask(op1, h1), h2, mask(op2, h2)))
         return torch.cat([states[i] for i in self._concat], dim=1)
+
+
+class _Rectified:
+    """ReLU(x), computed at the first call where the network has not computed it already."""
+
+    def __init__(self, x: torch.Tensor, rectified: Optional[torch.Tensor]):
+        self.x, self.value = x, rectified
+
+    def __call__(self) -> torch.Tensor:
+        if self.value is None:
+            self.value = F.relu(self.x)
+        return self.value
+
+
+def _read(op: nn.Module, x: torch.Tensor, rectified: Optional[torch.Tensor]) -> torch.Tensor:
+    """``op(x)``, from ``rectified`` = ReLU(x) where it is given and ``op`` begins with a ReLU."""
+    if rectified is not None and getattr(op, 'reads_relu', False):
+        return op(rectified, rectified=True)
+    return op(x)
 
 
 class AuxiliaryHead(nn.Module):
@@ -205,8 +232,8 @@ class AuxiliaryHead(nn.Module):
         self.relu2 = nn.ReLU(inplace=False)
         self.classifier = nn.Linear(768, num_classes)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu1(self.bn0(self.proj(self.pool(self.relu0(x)))))
+    def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
+        x = self.relu1(self.bn0(self.proj(self.pool(x if rectified else self.relu0(x)))))
         if tuple(x.shape[-2:]) != (self.kernel_size, self.kernel_size):
             raise ValueError(
                 f'the auxiliary head was built for a {self.kernel_size}x{self.kernel_size} map '
@@ -336,21 +363,34 @@ class NetworkImageNet(nn.Module):
         return self._forward_cells(x, with_aux=False)[0]
 
     def _forward_cells(self, x: torch.Tensor, with_aux: bool):
-        s1 = self.conv0_bn(self.conv0(x))
-        s0 = None
-        drop_prob = self.drop_path_prob if self.training else 0.0
-        logits_aux = None
         want_aux = with_aux and self.auxiliary_head is not None and self.training
+        logits_aux = None
+        for k, _, rectified in self._run_cells(x, len(self.cells)):
+            if want_aux and k == self.aux_index + 1:  # after cell aux_index
+                logits_aux = self.auxiliary_head(rectified(), rectified=True)
+        return rectified(), logits_aux
+
+    def _run_cells(self, x: torch.Tensor, count: int):
+        """Runs the stem and the first ``count`` cells, yielding ``(k, output, rectified)``
+        after each (k = 0 for the stem's BN output, k + 1 after cell k); ``rectified()`` is
+        ReLU(output). Each output is rectified once here and handed over so to the readers
+        that begin with a ReLU (the next cell's input projection, the projection or ops of the
+        cell after, the aux head, the final ReLU). Under grad checkpointing each cell
+        rectifies its own inputs instead, so that only raw inputs are kept, and ``rectified``
+        computes ReLU(output) only for a caller that asks."""
         checkpoint = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        for k, cell in enumerate(self.cells):
+        s1 = self.conv0_bn(self.conv0(x))
+        r1 = None if checkpoint else F.relu(s1)
+        yield 0, s1, _Rectified(s1, r1)
+        s0, r0 = None, None
+        drop_prob = self.drop_path_prob if self.training else 0.0
+        for k, cell in enumerate(self.cells[:count]):
             if checkpoint:  # the RNG state is kept, so drop path draws the same masks again
-                s0, s1 = s1, torch.utils.checkpoint.checkpoint(cell, s0, s1, drop_prob,
-                                                               use_reentrant=False)
+                out = torch.utils.checkpoint.checkpoint(cell, s0, s1, drop_prob, use_reentrant=False)
             else:
-                s0, s1 = s1, cell(s0, s1, drop_prob)
-            if want_aux and k == self.aux_index:
-                logits_aux = self.auxiliary_head(s1)
-        return F.relu(s1), logits_aux
+                out = cell(s0, s1, drop_prob, r0, r1)
+            s0, s1, r0, r1 = s1, out, r1, None if checkpoint else F.relu(out)
+            yield k + 1, s1, _Rectified(s1, r1)
 
     @staticmethod
     def as_features(net: 'NetworkImageNet', out_indices: Optional[Sequence[int]] = None
@@ -384,15 +424,9 @@ class NetworkImageNet(nn.Module):
         wanted = sorted({i % n for i in (range(n) if out_indices is None else out_indices)})
         layers = {self._taps[i]: i for i in wanted}
         maps = {}
-        s1 = self.conv0_bn(self.conv0(x))
-        if 0 in layers:
-            maps[layers[0]] = s1
-        s0 = None
-        drop_prob = self.drop_path_prob if self.training else 0.0
-        for k, cell in enumerate(self.cells[:max(layers)]):
-            s0, s1 = s1, cell(s0, s1, drop_prob)
-            if k + 1 in layers:
-                maps[layers[k + 1]] = F.relu(s1)
+        for k, s1, rectified in self._run_cells(x, max(layers)):
+            if k in layers:  # conv0's BN output as it is, each cell's output rectified
+                maps[layers[k]] = s1 if k == 0 else rectified()
         return [maps[i] for i in wanted]
 
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:

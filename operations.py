@@ -10,7 +10,7 @@ meets an even size, which is why an earlier port was exact only at 323 px. ``pad
 (the default) reproduces TensorFlow at every size; ``padding='symmetric'`` keeps the earlier port's
 behaviour for comparison.
 """
-from typing import Callable, Dict, Tuple
+from typing import Callable, Dict, Optional, Tuple
 
 import torch
 import torch.nn as nn
@@ -110,8 +110,10 @@ class ReLUConvBN(nn.Module):
         self.conv = Conv2dSame(C_in, C_out, kernel_size, stride, padding=padding)
         self.bn = batch_norm(C_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.bn(self.conv(self.relu(x)))
+    reads_relu = True  # its first step is ReLU(x): a caller may pass x rectified already
+
+    def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
+        return self.bn(self.conv(x if rectified else self.relu(x)))
 
 
 class FactorizedReduce(nn.Module):
@@ -132,8 +134,10 @@ class FactorizedReduce(nn.Module):
         self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
         self.bn = batch_norm(self.C_out)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = self.relu(x)
+    reads_relu = True
+
+    def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
+        x = x if rectified else self.relu(x)
         h, w = x.shape[-2:]
         shifted = x[:, :, 1:, 1:]
         if h % 2 or w % 2:  # TF's zero row/column, which only an odd size ever samples
@@ -269,11 +273,32 @@ OPS: Dict[str, Callable[[int, int, int, str], nn.Module]] = {
 }
 
 
+def drop_path_mask(x: torch.Tensor, drop_prob: float) -> Optional[torch.Tensor]:
+    """The per-example factor of TF-Slim's nasnet_utils.drop_path for ``x``: 0 with probability
+    ``drop_prob``, else 1/keep_prob, shaped [N, 1, 1, 1]; None when nothing is dropped."""
+    if drop_prob <= 0.0:
+        return None
+    keep_prob = 1.0 - drop_prob
+    mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep_prob)
+    return mask.div_(keep_prob)
+
+
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     """Drops whole examples of ``x`` with probability ``drop_prob`` and rescales the survivors by
     1/keep_prob, as TF-Slim's nasnet_utils.drop_path; call it in training mode only."""
-    if drop_prob <= 0.0:
-        return x
-    keep_prob = 1.0 - drop_prob
-    mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep_prob)
-    return x * mask.div_(keep_prob)  # one pass over x (TF divides, then multiplies: two)
+    mask = drop_path_mask(x, drop_prob)
+    return x if mask is None else x * mask  # one pass over x (TF divides, then multiplies: two)
+
+
+def add_dropped(h1: torch.Tensor, mask1: Optional[torch.Tensor], h2: torch.Tensor,
+                mask2: Optional[torch.Tensor]) -> torch.Tensor:
+    """``h1 * mask1 + h2 * mask2`` (a missing mask: that term is kept whole), the sum of a cell's
+    combination under drop path, with the masks applied inside the add: one pass fewer over the
+    map per mask than dropping each term first."""
+    if mask1 is None and mask2 is None:
+        return h1 + h2
+    if mask1 is None:
+        return torch.addcmul(h1, h2, mask2)
+    if mask2 is None:
+        return torch.addcmul(h2, h1, mask1)
+    return torch.addcmul(h1 * mask1, h2, mask2)

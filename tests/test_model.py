@@ -360,3 +360,70 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients():
         grads.append((loss.item(), [p.grad.clone() for p in net.parameters()]))
     assert grads[0][0] == pytest.approx(grads[1][0], abs=1e-6)
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[0][1], grads[1][1]))
+
+
+def test_add_dropped_equals_dropping_each_term_then_adding_with_the_same_draws():
+    from operations import add_dropped, drop_path, drop_path_mask
+    h1, h2 = torch.randn(64, 3, 4, 4), torch.randn(64, 3, 4, 4)
+    for p1, p2 in ((0.3, 0.3), (0.0, 0.4), (0.4, 0.0), (0.0, 0.0)):
+        torch.manual_seed(7)
+        ref = drop_path(h1, p1) + drop_path(h2, p2)
+        torch.manual_seed(7)
+        m1 = drop_path_mask(h1, p1)
+        m2 = drop_path_mask(h2, p2)
+        got = add_dropped(h1, m1, h2, m2)
+        assert torch.allclose(got, ref, atol=1e-6, rtol=0)
+        assert (m1 is None) == (p1 == 0.0) and (m2 is None) == (p2 == 0.0)
+    assert set(drop_path_mask(h1, 0.5).flatten().tolist()) == {0.0, 2.0}  # dropped, or 1 / keep
+
+
+@pytest.mark.parametrize('genotype', ['PNASNet', 'NASNet', 'DARTS_V2', 'AmoebaNet'])
+def test_a_cell_fed_rectified_inputs_equals_one_that_rectifies_them_itself(genotype):
+    """The network hands each output over rectified; a cell then reads ReLU(s0)/ReLU(s1)
+    instead of computing them, and must give the same output, drop path included."""
+    net = NetworkImageNet(small(genotype=genotype, auxiliary=False)).train()
+    x = torch.randn(2, 3, 64, 64)
+    s1 = net.conv0_bn(net.conv0(x))
+    s0 = None
+    for cell in net.cells:
+        torch.manual_seed(3)
+        ref = cell(s0, s1, 0.4)
+        torch.manual_seed(3)
+        got = cell(s0, s1, 0.4, None if s0 is None else torch.relu(s0), torch.relu(s1))
+        assert torch.equal(got, ref)
+        s0, s1 = s1, ref
+
+
+def _relu_count(fn) -> int:
+    from torch.utils._python_dispatch import TorchDispatchMode
+
+    class Count(TorchDispatchMode):
+        n = 0
+
+        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+            if func is torch.ops.aten.relu.default:
+                Count.n += 1
+            return func(*args, **(kwargs or {}))
+    with Count():
+        fn()
+    return Count.n
+
+
+def test_training_forward_rectifies_each_state_once():
+    """ReLU of the stem and of every cell output is computed once for all its readers (next
+    cell's projection, the projection of the cell after, the aux head, the final ReLU), and
+    in a cell each state read by ops that begin with a ReLU once; a SepConv has its own
+    inner ReLU, and the aux head two after its projections."""
+    from operations import SepConv
+    net = NetworkImageNet(small(auxiliary=True)).train()
+    net.drop_path_prob = 0.2
+    expected = 1 + 2  # the stem's output; the aux head's two inner ReLUs
+    for cell in net.cells:
+        read = {i for op, i in zip(cell._ops, cell._indices) if getattr(op, 'reads_relu', False)}
+        if cell.preprocess0 is None:
+            read.discard(0)  # the stem's output itself, handed over rectified
+        expected += 1 + len(read) + sum(isinstance(op, SepConv) for op in cell._ops)
+    x = torch.randn(2, 3, 128, 128)
+    assert _relu_count(lambda: net(x)) == expected
+    net.set_grad_checkpointing(True)  # each cell rectifies its own inputs: more ReLUs
+    assert _relu_count(lambda: net(x)) > expected
