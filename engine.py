@@ -29,7 +29,7 @@ import torch.nn.functional as F
 
 from model import Cell, NetworkImageNet
 from operations import (Conv2dSame, Conv7x1x1x7, DilConv, FactorizedReduce, Pool, ReLUConvBN,
-                        SepConv, SkipConnect, Zero, pad_for_same, same_padding)
+                        SepConv, SkipConnect, Zero, memory_format_of, pad_for_same, same_padding)
 
 
 # --- what the CPU has -------------------------------------------------------------------------------
@@ -80,11 +80,6 @@ def onednn_dtype(x: torch.Tensor, weight: torch.Tensor) -> Optional[torch.dtype]
             return torch.bfloat16
         return None
     return torch.float32 if x.dtype == torch.float32 else None
-
-
-def memory_format_of(x: torch.Tensor) -> torch.memory_format:
-    return (torch.channels_last if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last)
-            and not x.is_contiguous() else torch.contiguous_format)
 
 
 # --- BatchNorm folding ------------------------------------------------------------------------------

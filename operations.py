@@ -116,6 +116,42 @@ class ReLUConvBN(nn.Module):
         return self.bn(self.conv(x if rectified else self.relu(x)))
 
 
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last where ``x`` is laid out so (and not also plain contiguous), else contiguous."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
+
+
+class _Subsample(torch.autograd.Function):
+    """The grids ``x[:, :, i::step, j::step]`` for each offset (i, j), each made contiguous in
+    ``x``'s layout; the backward writes every grid's gradient into one zero-filled gradient of
+    ``x`` (autograd's slicing would fill one for each grid and then add them)."""
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, step: int, offsets: tuple):
+        ctx.shape, ctx.step, ctx.offsets, ctx.fmt = x.shape, step, offsets, memory_format_of(x)
+        return tuple(x[:, :, i::step, j::step].contiguous(memory_format=ctx.fmt) for i, j in offsets)
+
+    @staticmethod
+    def backward(ctx, *grads):
+        g0 = grads[0]
+        gx = torch.empty(ctx.shape, dtype=g0.dtype, device=g0.device, memory_format=ctx.fmt).zero_()
+        for (i, j), g in zip(ctx.offsets, grads):
+            if g is not None and g.numel():
+                gx[:, :, i::ctx.step, j::ctx.step] = g
+        return gx, None, None
+
+
+def subsample(x: torch.Tensor, step: int, *offsets) -> Tuple[torch.Tensor, ...]:
+    """``x[:, :, i::step, j::step]`` for each (i, j) in ``offsets``, as contiguous tensors.
+
+    A strided 1x1 conv equals a stride-1 conv of ``subsample(x, stride, (0, 0))``, and on the
+    CPU the latter's backward is much cheaper: the strided conv's data gradient is computed at
+    the input's full size, the subsampled one at its quarter."""
+    return _Subsample.apply(x, step, tuple(offsets))
+
+
 class FactorizedReduce(nn.Module):
     """Halves the spatial size without losing pixels: two 1x1 convs on offset grids, concat, BN.
 
@@ -139,10 +175,12 @@ class FactorizedReduce(nn.Module):
     def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
         x = x if rectified else self.relu(x)
         h, w = x.shape[-2:]
-        shifted = x[:, :, 1:, 1:]
+        # conv_1 samples the even rows and columns, conv_2 (after TF's shift) the odd ones
+        even, odd = subsample(x, 2, (0, 0), (1, 1))
         if h % 2 or w % 2:  # TF's zero row/column, which only an odd size ever samples
-            shifted = F.pad(shifted, (0, w % 2, 0, h % 2))
-        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
+            odd = F.pad(odd, (0, w % 2, 0, h % 2))
+        return self.bn(torch.cat([F.conv2d(even, self.conv_1.weight, self.conv_1.bias),
+                                  F.conv2d(odd, self.conv_2.weight, self.conv_2.bias)], dim=1))
 
 
 class SepConv(nn.Module):
@@ -243,7 +281,10 @@ class SkipConnect(nn.Module):
     def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
         if not self.project:
             return x
-        return self.bn(self.conv(x if rectified else self.relu(x)))
+        x = x if rectified else self.relu(x)
+        if self.conv.stride != (1, 1):  # a 1x1 'SAME' conv reads every stride-th pixel
+            (x,) = subsample(x, self.conv.stride[0], (0, 0))
+        return self.bn(F.conv2d(x, self.conv.weight, self.conv.bias))
 
 
 class Zero(nn.Module):

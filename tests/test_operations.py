@@ -3,6 +3,7 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
+import torch.nn.functional as F
 
 import convert
 import tf_reference
@@ -159,3 +160,71 @@ def test_factorized_reduce_matches_tf_at_odd_and_even_sizes(tf):
                 got = nhwc(fr(nchw(x)))
             assert got.shape == ref.shape == (1, -(-n // 2), -(-n // 2), 2 * half)
             assert np.abs(got - ref).max() < 1e-5, (n, c_out)
+
+
+@pytest.mark.parametrize('shape', [(1, 1), (1, 6), (7, 1), (5, 8), (12, 9)])
+def test_factorized_reduce_matches_tf_on_thin_and_rectangular_maps(tf, shape):
+    h, w = shape
+    x = rng.standard_normal((2, h, w, 6)).astype(np.float32)
+    w1, w2 = (rng.standard_normal((1, 1, 6, 3)).astype(np.float32) for _ in range(2))
+    relu = np.maximum(x, 0)
+    p1 = tf.nn.conv2d(relu[:, ::2, ::2], w1, 1, 'VALID')
+    p2 = np.pad(relu, [(0, 0), (0, 1), (0, 1), (0, 0)])[:, 1:, 1:][:, ::2, ::2]
+    ref = tf.concat([p1, tf.nn.conv2d(p2, w2, 1, 'VALID')], axis=3).numpy()
+    fr = FactorizedReduce(6, 6).eval()
+    fr.conv_1.weight.data = torch.from_numpy(w1.transpose(3, 2, 0, 1).copy())
+    fr.conv_2.weight.data = torch.from_numpy(w2.transpose(3, 2, 0, 1).copy())
+    fr.bn.running_var.fill_(1 - 1e-3)
+    with torch.no_grad():
+        got = nhwc(fr(nchw(x)))
+    assert got.shape == ref.shape
+    assert np.abs(got - ref).max() < 1e-5
+
+
+@pytest.mark.parametrize('layout', [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize('size', [(9, 9), (8, 10), (1, 5)])
+def test_subsample_and_its_gradient_equal_slicing(layout, size):
+    """subsample's forward and its one-buffer backward against autograd's slicing; the grids
+    keep x's layout."""
+    from operations import subsample
+    x = torch.randn(2, 5, *size).contiguous(memory_format=layout).requires_grad_()
+    offsets = [(0, 0), (1, 1)]
+    grids = subsample(x, 2, *offsets)
+    weights = [torch.randn_like(g) for g in grids]
+    sum((g * c).sum() for g, c in zip(grids, weights)).backward()
+    got = x.grad
+    x.grad = None
+    sliced = [x[:, :, i::2, j::2] for i, j in offsets]
+    sum((g * c).sum() for g, c in zip(sliced, weights)).backward()
+    for g, s in zip(grids, sliced):
+        assert torch.equal(g, s)
+        if g.numel() and min(g.shape[-2:]) > 1:
+            assert g.is_contiguous(memory_format=layout)
+    assert torch.equal(got, x.grad)
+
+
+def test_strided_skip_connect_and_factorized_reduce_train_as_strided_convs():
+    """Both subsample their input and run stride-1 convs; forward and gradients equal the
+    strided convs they stand for (as DARTS writes them), in both layouts."""
+    from operations import SkipConnect
+    for layout in (torch.contiguous_format, torch.channels_last):
+        skip = SkipConnect(6, 4, 2).train()
+        fr = FactorizedReduce(6, 8).train()
+        x = torch.randn(2, 6, 11, 10).contiguous(memory_format=layout).requires_grad_()
+
+        def skip_ref(x):
+            return skip.bn(F.conv2d(F.relu(x), skip.conv.weight, stride=2))
+
+        def fr_ref(x):
+            r = F.relu(x)
+            shifted = F.pad(r[:, :, 1:, 1:], (0, 0, 0, 1))  # 10 columns are even, 11 rows odd
+            return fr.bn(torch.cat([F.conv2d(r, fr.conv_1.weight, stride=2),
+                                    F.conv2d(shifted, fr.conv_2.weight, stride=2)], dim=1))
+        for op, ref_fn in ((skip, skip_ref), (fr, fr_ref)):
+            out = op(x)
+            c = torch.randn_like(out)
+            grads = torch.autograd.grad((out * c).sum(), [x, *op.parameters()])
+            ref = ref_fn(x)
+            ref_grads = torch.autograd.grad((ref * c).sum(), [x, *op.parameters()])
+            assert torch.allclose(out, ref, atol=1e-5)
+            assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, ref_grads))
