@@ -51,6 +51,52 @@ def _check_mode(padding: str) -> str:
     return padding
 
 
+class _DepthwiseWeightGrad(torch.autograd.Function):
+    """A depthwise conv whose weight gradient is computed as convolutions, one per example:
+    dW[c] = sum_n x[n, c] (x) dy[n, c], a depthwise conv of the input with the output gradient
+    as its kernel (stride and dilation trade places). oneDNN's own weight gradient treats a
+    depthwise kernel above 3x3 as a grouped conv padded to 8 channels a group; on the CPU
+    this is the faster form there. The forward and the data gradient are oneDNN's."""
+
+    @staticmethod
+    def forward(ctx, x, weight, stride, padding, dilation):
+        ctx.save_for_backward(x, weight)
+        ctx.conv = (stride, padding, dilation)
+        return F.conv2d(x, weight, None, stride, padding, dilation, weight.shape[0])
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        stride, padding, dilation = ctx.conv
+        groups = weight.shape[0]
+        grad_x = grad_w = None
+        if ctx.needs_input_grad[0]:
+            grad_x = torch.ops.aten.convolution_backward(
+                grad, x, weight, None, stride, padding, dilation, False, [0, 0], groups,
+                [True, False, False])[0]
+        if ctx.needs_input_grad[1]:
+            kh, kw = weight.shape[-2:]
+            for n in range(x.shape[0]):
+                part = F.conv2d(x[n:n + 1], grad[n].unsqueeze(1), None, dilation, padding, stride,
+                                groups)[0, :, :kh, :kw]
+                grad_w = part if grad_w is None else grad_w.add_(part)
+            grad_w = grad_w.reshape(weight.shape)
+        return grad_x, grad_w, None, None, None
+
+
+def _depthwise_weight_grad_pays(conv: nn.Conv2d, x: torch.Tensor) -> bool:
+    """Where _DepthwiseWeightGrad is faster than the built-in backward: a depthwise fp32 conv
+    on the CPU, outside autocast, training its weight, with a window above 3x3 (oneDNN has a
+    fast 3x3 kernel of its own), unless it is both strided and dilated."""
+    kh, kw = conv.kernel_size
+    window = max((kh - 1) * conv.dilation[0], (kw - 1) * conv.dilation[1]) + 1
+    strided_and_dilated = max(conv.stride) > 1 and max(conv.dilation) > 1
+    return (conv.groups == conv.in_channels == conv.out_channels and conv.bias is None
+            and window > 3 and not strided_and_dilated and x.device.type == 'cpu'
+            and x.dtype == torch.float32 and conv.weight.requires_grad and torch.is_grad_enabled()
+            and not torch.is_autocast_enabled('cpu') and x.shape[0] > 0)
+
+
 class Conv2dSame(nn.Conv2d):
     """nn.Conv2d whose padding follows TF 'SAME' (``padding='tf'``) or is symmetric."""
 
@@ -62,6 +108,8 @@ class Conv2dSame(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, pad = pad_for_same(x, self.kernel_size, self.stride, self.dilation, self.pad_mode)
+        if _depthwise_weight_grad_pays(self, x):
+            return _DepthwiseWeightGrad.apply(x, self.weight, self.stride, pad, self.dilation)
         return F.conv2d(x, self.weight, self.bias, self.stride, pad, self.dilation, self.groups)
 
 

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 import convert
 import tf_reference
 from operations import (OPS, AvgPool2dSame, Conv2dSame, FactorizedReduce, MaxPool2dSame,
-                        same_padding)
+                        pad_for_same, same_padding)
 
 SIZES = [11, 12, 41, 42]
 rng = np.random.default_rng(0)
@@ -228,3 +228,27 @@ def test_strided_skip_connect_and_factorized_reduce_train_as_strided_convs():
             ref_grads = torch.autograd.grad((ref * c).sum(), [x, *op.parameters()])
             assert torch.allclose(out, ref, atol=1e-5)
             assert all(torch.allclose(a, b, atol=1e-5) for a, b in zip(grads, ref_grads))
+
+
+@pytest.mark.parametrize('layout', [torch.contiguous_format, torch.channels_last])
+@pytest.mark.parametrize('kernel,stride,dilation,size', [
+    (5, 1, 1, 12), (7, 2, 1, 12), (7, 2, 1, 11), (3, 1, 2, 9), (5, 1, 2, 10), (3, 2, 1, 10),
+    (5, 2, 2, 12), (3, 1, 1, 7)])
+def test_depthwise_convs_train_with_the_built_in_gradients(layout, kernel, stride, dilation, size):
+    """Depthwise convs above 3x3 compute their weight gradient as per-example convolutions on
+    the CPU; gradients (and the forward) equal F.conv2d's on TF-padded input, at odd and even
+    sizes and in both layouts; 3x3 and strided-dilated ones keep the built-in backward."""
+    conv = Conv2dSame(6, 6, kernel, stride, dilation=dilation, groups=6).train()
+    x = torch.randn(3, 6, size, size + 1).contiguous(memory_format=layout).requires_grad_()
+    out = conv(x)
+    fast = (kernel - 1) * dilation + 1 > 3 and not (stride > 1 and dilation > 1)
+    assert ('DepthwiseWeightGrad' in type(out.grad_fn).__name__) == fast
+    c = torch.randn_like(out)
+    got = torch.autograd.grad((out * c).sum(), [x, conv.weight])
+    xp, pad = pad_for_same(x, conv.kernel_size, conv.stride, conv.dilation, 'tf')
+    ref_out = F.conv2d(xp, conv.weight, None, conv.stride, pad, conv.dilation, 6)
+    ref = torch.autograd.grad((ref_out * c).sum(), [x, conv.weight])
+    assert torch.equal(out, ref_out)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in zip(got, ref))
+    with torch.no_grad():  # no training, no custom backward
+        assert conv(x).grad_fn is None
