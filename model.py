@@ -20,8 +20,8 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 import genotypes as genotypes_mod
-from operations import (OPS, PADDING_MODES, FactorizedReduce, ReLUConvBN, SkipConnect, add_dropped, batch_norm,
-                        drop_path_mask)
+from operations import (OPS, PADDING_MODES, Conv2dSame, FactorizedReduce, ReLUConvBN, SkipConnect,
+                        add_dropped, batch_norm, drop_path_mask)
 
 
 MIN_IMAGE_SIZE = 3  # conv0 is a VALID 3x3 conv: a smaller input leaves it nothing
@@ -224,7 +224,7 @@ class AuxiliaryHead(nn.Module):
         self.kernel_size = kernel_size
         self.relu0 = nn.ReLU(inplace=False)
         self.pool = nn.AvgPool2d(5, stride=3, padding=0)
-        self.proj = nn.Conv2d(C, 128, 1, bias=False)
+        self.proj = Conv2dSame(C, 128, 1)  # 1x1: no padding
         self.bn0 = batch_norm(128)
         self.relu1 = nn.ReLU(inplace=False)
         self.conv = nn.Conv2d(128, 768, kernel_size, bias=False)

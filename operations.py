@@ -84,17 +84,69 @@ class _DepthwiseWeightGrad(torch.autograd.Function):
         return grad_x, grad_w, None, None, None
 
 
-def _depthwise_weight_grad_pays(conv: nn.Conv2d, x: torch.Tensor) -> bool:
-    """Where _DepthwiseWeightGrad is faster than the built-in backward: a depthwise fp32 conv
-    on the CPU, outside autocast, training its weight, with a window above 3x3 (oneDNN has a
-    fast 3x3 kernel of its own), unless it is both strided and dilated."""
+def _depthwise_weight_grad_pays(conv: nn.Conv2d, stride) -> bool:
+    """Where _DepthwiseWeightGrad is faster than the built-in backward: a depthwise conv
+    without bias with a window above 3x3 (oneDNN has a fast 3x3 kernel of its own), unless it
+    is both strided and dilated."""
     kh, kw = conv.kernel_size
     window = max((kh - 1) * conv.dilation[0], (kw - 1) * conv.dilation[1]) + 1
-    strided_and_dilated = max(conv.stride) > 1 and max(conv.dilation) > 1
+    strided_and_dilated = max(stride) > 1 and max(conv.dilation) > 1
     return (conv.groups == conv.in_channels == conv.out_channels and conv.bias is None
-            and window > 3 and not strided_and_dilated and x.device.type == 'cpu'
-            and x.dtype == torch.float32 and conv.weight.requires_grad and torch.is_grad_enabled()
-            and not torch.is_autocast_enabled('cpu') and x.shape[0] > 0)
+            and window > 3 and not strided_and_dilated and conv.weight.requires_grad)
+
+
+class _PointwiseMatmulGrad(torch.autograd.Function):
+    """A stride-1 1x1 conv on a channels_last map, whose gradients are two matrix products of
+    the map seen as a [N*H*W, C] matrix (a view: no copy). On a small map (few rows against
+    the weight's size) this is faster on the CPU than oneDNN's backward, which reorders the
+    weight for the data gradient and the weight gradient back. The forward is oneDNN's."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias):
+        ctx.save_for_backward(x, weight)
+        ctx.has_bias = bias is not None
+        return F.conv2d(x, weight, bias)
+
+    @staticmethod
+    def backward(ctx, grad):
+        x, weight = ctx.saved_tensors
+        n, c_in, h, w = x.shape
+        c_out = weight.shape[0]
+        rows = grad.permute(0, 2, 3, 1).reshape(-1, c_out)
+        grad_x = grad_w = grad_b = None
+        if ctx.needs_input_grad[0]:
+            grad_x = (rows @ weight.view(c_out, c_in)).view(n, h, w, c_in).permute(0, 3, 1, 2)
+        if ctx.needs_input_grad[1]:
+            grad_w = (rows.t() @ x.permute(0, 2, 3, 1).reshape(-1, c_in)).view(weight.shape)
+        if ctx.has_bias and ctx.needs_input_grad[2]:
+            grad_b = rows.sum(0)
+        return grad_x, grad_w, grad_b
+
+
+POINTWISE_MATMUL_ROWS = 1024  # N*H*W at or below which _PointwiseMatmulGrad pays
+
+
+def _cpu_fp32_training(x: torch.Tensor, weight: torch.Tensor) -> bool:
+    return (x.device.type == 'cpu' and x.dtype == torch.float32 and torch.is_grad_enabled()
+            and (weight.requires_grad or x.requires_grad) and not torch.is_autocast_enabled('cpu'))
+
+
+def conv2d(x: torch.Tensor, conv: nn.Conv2d, padding, stride=None) -> torch.Tensor:
+    """``conv``'s convolution of ``x`` with ``padding`` (and ``stride``, where it overrides the
+    conv's: for an input subsampled already), as F.conv2d computes it; in fp32 training on
+    the CPU, with the faster backward of _DepthwiseWeightGrad or _PointwiseMatmulGrad where
+    that one pays. Elsewhere (CUDA, autocast, inference) it is F.conv2d itself."""
+    stride = conv.stride if stride is None else stride
+    if _cpu_fp32_training(x, conv.weight) and x.dim() == 4 and x.shape[0] > 0:
+        kh, kw = conv.kernel_size
+        if (conv.groups == 1 and (kh, kw) == (1, 1) and tuple(stride) == (1, 1)
+                and tuple(padding) == (0, 0) and conv.dilation == (1, 1)
+                and x.shape[0] * x.shape[2] * x.shape[3] <= POINTWISE_MATMUL_ROWS
+                and x.is_contiguous(memory_format=torch.channels_last)):
+            return _PointwiseMatmulGrad.apply(x, conv.weight, conv.bias)
+        if _depthwise_weight_grad_pays(conv, stride):
+            return _DepthwiseWeightGrad.apply(x, conv.weight, stride, padding, conv.dilation)
+    return F.conv2d(x, conv.weight, conv.bias, stride, padding, conv.dilation, conv.groups)
 
 
 class Conv2dSame(nn.Conv2d):
@@ -108,9 +160,7 @@ class Conv2dSame(nn.Conv2d):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x, pad = pad_for_same(x, self.kernel_size, self.stride, self.dilation, self.pad_mode)
-        if _depthwise_weight_grad_pays(self, x):
-            return _DepthwiseWeightGrad.apply(x, self.weight, self.stride, pad, self.dilation)
-        return F.conv2d(x, self.weight, self.bias, self.stride, pad, self.dilation, self.groups)
+        return conv2d(x, self, pad)
 
 
 class MaxPool2dSame(nn.Module):
@@ -227,8 +277,8 @@ class FactorizedReduce(nn.Module):
         even, odd = subsample(x, 2, (0, 0), (1, 1))
         if h % 2 or w % 2:  # TF's zero row/column, which only an odd size ever samples
             odd = F.pad(odd, (0, w % 2, 0, h % 2))
-        return self.bn(torch.cat([F.conv2d(even, self.conv_1.weight, self.conv_1.bias),
-                                  F.conv2d(odd, self.conv_2.weight, self.conv_2.bias)], dim=1))
+        return self.bn(torch.cat([conv2d(even, self.conv_1, (0, 0), (1, 1)),
+                                  conv2d(odd, self.conv_2, (0, 0), (1, 1))], dim=1))
 
 
 class SepConv(nn.Module):
@@ -243,11 +293,11 @@ class SepConv(nn.Module):
         self.kernel_size = kernel_size
         self.relu1 = nn.ReLU(inplace=False)
         self.depthwise1 = Conv2dSame(C_in, C_in, kernel_size, stride, groups=C_in, padding=padding)
-        self.pointwise1 = nn.Conv2d(C_in, C_out, 1, bias=False)
+        self.pointwise1 = Conv2dSame(C_in, C_out, 1)
         self.bn1 = batch_norm(C_out)
         self.relu2 = nn.ReLU(inplace=False)
         self.depthwise2 = Conv2dSame(C_out, C_out, kernel_size, 1, groups=C_out, padding=padding)
-        self.pointwise2 = nn.Conv2d(C_out, C_out, 1, bias=False)
+        self.pointwise2 = Conv2dSame(C_out, C_out, 1)
         self.bn2 = batch_norm(C_out)
 
     reads_relu = True  # its first step is ReLU(x): a cell may pass x rectified already
@@ -267,7 +317,7 @@ class DilConv(nn.Module):
         self.relu = nn.ReLU(inplace=False)
         self.depthwise = Conv2dSame(C_in, C_in, kernel_size, stride, dilation=dilation,
                                     groups=C_in, padding=padding)
-        self.pointwise = nn.Conv2d(C_in, C_out, 1, bias=False)
+        self.pointwise = Conv2dSame(C_in, C_out, 1)
         self.bn = batch_norm(C_out)
 
     reads_relu = True
@@ -302,7 +352,7 @@ class Pool(nn.Module):
         self.pool = pool_cls(3, stride, padding=padding)
         self.project = C_in != C_out
         if self.project:
-            self.conv = nn.Conv2d(C_in, C_out, 1, bias=False)
+            self.conv = Conv2dSame(C_in, C_out, 1)
             self.bn = batch_norm(C_out)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -332,7 +382,7 @@ class SkipConnect(nn.Module):
         x = x if rectified else self.relu(x)
         if self.conv.stride != (1, 1):  # a 1x1 'SAME' conv reads every stride-th pixel
             (x,) = subsample(x, self.conv.stride[0], (0, 0))
-        return self.bn(F.conv2d(x, self.conv.weight, self.conv.bias))
+        return self.bn(conv2d(x, self.conv, (0, 0), (1, 1)))
 
 
 class Zero(nn.Module):

@@ -252,3 +252,29 @@ def test_depthwise_convs_train_with_the_built_in_gradients(layout, kernel, strid
     assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in zip(got, ref))
     with torch.no_grad():  # no training, no custom backward
         assert conv(x).grad_fn is None
+
+
+@pytest.mark.parametrize('layout,size,bias', [(torch.channels_last, 7, False), (torch.channels_last, 9, True),
+                                              (torch.contiguous_format, 7, False),
+                                              (torch.channels_last, 40, False)])
+def test_pointwise_convs_on_small_channels_last_maps_train_with_matmul_gradients(layout, size, bias):
+    """A stride-1 1x1 conv of at most POINTWISE_MATMUL_ROWS pixels on a channels_last map
+    computes its gradients as matrix products on the CPU; they equal F.conv2d's, and the data
+    gradient keeps the input's layout. NCHW and larger maps keep the built-in backward."""
+    import operations
+    conv = Conv2dSame(12, 5, 1, bias=bias).train()
+    x = torch.randn(2, 12, size, size + 2).contiguous(memory_format=layout).requires_grad_()
+    out = conv(x)
+    fast = layout == torch.channels_last and 2 * size * (size + 2) <= operations.POINTWISE_MATMUL_ROWS
+    assert ('PointwiseMatmulGrad' in type(out.grad_fn).__name__) == fast
+    c = torch.randn_like(out)
+    params = [x, *conv.parameters()]
+    got = torch.autograd.grad((out * c).sum(), params)
+    ref_out = F.conv2d(x, conv.weight, conv.bias)
+    ref = torch.autograd.grad((ref_out * c).sum(), params)
+    assert torch.equal(out, ref_out)
+    assert all(torch.allclose(a, b, atol=1e-5, rtol=1e-5) for a, b in zip(got, ref))
+    assert got[0].is_contiguous(memory_format=layout)
+    conv.weight.requires_grad_(False)  # a frozen conv still passes the data gradient
+    (gx,) = torch.autograd.grad((conv(x) * c).sum(), [x])
+    assert torch.allclose(gx, ref[0], atol=1e-5, rtol=1e-5)
