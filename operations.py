@@ -128,7 +128,8 @@ POINTWISE_MATMUL_ROWS = 1024  # N*H*W at or below which _PointwiseMatmulGrad pay
 
 def _cpu_fp32_training(x: torch.Tensor, weight: torch.Tensor) -> bool:
     return (x.device.type == 'cpu' and x.dtype == torch.float32 and torch.is_grad_enabled()
-            and (weight.requires_grad or x.requires_grad) and not torch.is_autocast_enabled('cpu'))
+            and (weight.requires_grad or x.requires_grad) and not torch.is_autocast_enabled('cpu')
+            and not _exporting())
 
 
 def conv2d(x: torch.Tensor, conv: nn.Conv2d, padding, stride=None) -> torch.Tensor:
@@ -158,9 +159,11 @@ class Conv2dSame(nn.Conv2d):
                          dilation=dilation, groups=groups, bias=bias)
         self.pad_mode = _check_mode(padding)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x, pad = pad_for_same(x, self.kernel_size, self.stride, self.dilation, self.pad_mode)
-        return conv2d(x, self, pad)
+    def forward(self, x: torch.Tensor, stride=None) -> torch.Tensor:
+        """``stride`` overrides the conv's own, for an input that was subsampled already."""
+        stride = self.stride if stride is None else stride
+        x, pad = pad_for_same(x, self.kernel_size, stride, self.dilation, self.pad_mode)
+        return conv2d(x, self, pad, stride)
 
 
 class MaxPool2dSame(nn.Module):
@@ -247,7 +250,15 @@ def subsample(x: torch.Tensor, step: int, *offsets) -> Tuple[torch.Tensor, ...]:
     A strided 1x1 conv equals a stride-1 conv of ``subsample(x, stride, (0, 0))``, and on the
     CPU the latter's backward is much cheaper: the strided conv's data gradient is computed at
     the input's full size, the subsampled one at its quarter."""
+    if not (torch.is_grad_enabled() and x.requires_grad) or _exporting():
+        return tuple(x[:, :, i::step, j::step] for i, j in offsets)  # no backward to save on
     return _Subsample.apply(x, step, tuple(offsets))
+
+
+def _exporting() -> bool:
+    """Under torch.jit.trace/script or ONNX export, which cannot record a Python autograd
+    Function: the plain ops are traced instead."""
+    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
 
 
 class FactorizedReduce(nn.Module):
@@ -264,8 +275,8 @@ class FactorizedReduce(nn.Module):
         super().__init__()
         self.C_out = 2 * (C_out // 2)
         self.relu = nn.ReLU(inplace=False)
-        self.conv_1 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
-        self.conv_2 = nn.Conv2d(C_in, C_out // 2, 1, stride=2, bias=False)
+        self.conv_1 = Conv2dSame(C_in, C_out // 2, 1, stride=2)  # 1x1: no padding
+        self.conv_2 = Conv2dSame(C_in, C_out // 2, 1, stride=2)
         self.bn = batch_norm(self.C_out)
 
     reads_relu = True
@@ -277,8 +288,8 @@ class FactorizedReduce(nn.Module):
         even, odd = subsample(x, 2, (0, 0), (1, 1))
         if h % 2 or w % 2:  # TF's zero row/column, which only an odd size ever samples
             odd = F.pad(odd, (0, w % 2, 0, h % 2))
-        return self.bn(torch.cat([conv2d(even, self.conv_1, (0, 0), (1, 1)),
-                                  conv2d(odd, self.conv_2, (0, 0), (1, 1))], dim=1))
+        return self.bn(torch.cat([self.conv_1(even, stride=(1, 1)),
+                                  self.conv_2(odd, stride=(1, 1))], dim=1))
 
 
 class SepConv(nn.Module):
@@ -369,7 +380,7 @@ class SkipConnect(nn.Module):
         self.project = stride > 1 or C_in != C_out
         if self.project:
             self.relu = nn.ReLU(inplace=False)
-            self.conv = nn.Conv2d(C_in, C_out, 1, stride=stride, bias=False)
+            self.conv = Conv2dSame(C_in, C_out, 1, stride)  # 1x1: no padding
             self.bn = batch_norm(C_out)
 
     @property
@@ -382,7 +393,7 @@ class SkipConnect(nn.Module):
         x = x if rectified else self.relu(x)
         if self.conv.stride != (1, 1):  # a 1x1 'SAME' conv reads every stride-th pixel
             (x,) = subsample(x, self.conv.stride[0], (0, 0))
-        return self.bn(conv2d(x, self.conv, (0, 0), (1, 1)))
+        return self.bn(self.conv(x, stride=(1, 1)))
 
 
 class Zero(nn.Module):
