@@ -38,12 +38,32 @@ def small_checkpoint(tmp_path_factory, tf):
 
 def aux_logits(net, x):
     """Aux logits as TF-Slim computes them: training graph, BN on moving statistics."""
-    import torch.nn as nn
-    net.train()
-    for m in net.modules():
-        if isinstance(m, (nn.BatchNorm2d, nn.Dropout)):
-            m.eval()
-    with torch.no_grad():
-        out = net(x)[1]
-    net.eval()
-    return out
+    import convert
+    return convert.aux_logits_as_tf(net, x)
+
+
+def within_tf_bound(got, ref) -> bool:
+    """max|got - ref| within the bound of every comparison with TensorFlow: TF_REL_TOL of the
+    largest magnitude of ``ref`` (tf_reference.tf_tolerance)."""
+    import numpy as np
+    import tf_reference
+    got, ref = np.asarray(got), np.asarray(ref)
+    return got.shape == ref.shape and float(np.abs(got - ref).max()) <= tf_reference.tf_tolerance(np.abs(ref).max())
+
+
+def within_reported_bounds(report) -> bool:
+    """Every endpoint convert.convert compared with TF within the bound it reported."""
+    return all(report['diffs'][k] <= bound for k, bound in report['bounds'].items())
+
+
+def pytest_configure(config):
+    config.addinivalue_line('markers', 'tf: compares with TensorFlow; .ci/run runs these with '
+                                       'TF_ENABLE_ONEDNN_OPTS=0 and =1')
+
+
+def pytest_collection_modifyitems(config, items):
+    """Marks every test that runs TensorFlow, through the tf or small_checkpoint fixtures
+    (directly or through another fixture), as ``tf``."""
+    for item in items:
+        if {'tf', 'small_checkpoint'} & set(getattr(item, 'fixturenames', ())):
+            item.add_marker(pytest.mark.tf)

@@ -138,7 +138,8 @@ def convert(records, log=print):
 
 
 def tfrecord_records(path: str):
-    import tensorflow as tf
+    from tf_reference import import_tf  # TensorFlow without its start-up notices
+    tf = import_tf()
     for record in tf.data.TFRecordDataset(path):
         yield record.numpy()
 
