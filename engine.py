@@ -29,7 +29,14 @@ import torch.nn.functional as F
 
 from model import Cell, NetworkImageNet
 from operations import (Conv2dSame, Conv7x1x1x7, DilConv, FactorizedReduce, Pool, ReLUConvBN,
-                        SepConv, SkipConnect, Zero, memory_format_of, pad_for_same, same_padding)
+                        SepConv, SkipConnect, Zero, pad_for_same, same_padding)
+
+
+def memory_format_of(x: torch.Tensor) -> torch.memory_format:
+    """channels_last where ``x`` is laid out so (and not also plain contiguous), else contiguous."""
+    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
+        return torch.channels_last
+    return torch.contiguous_format
 
 
 # --- what the CPU has -------------------------------------------------------------------------------
@@ -38,11 +45,13 @@ _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_c
 
 
 def cpu_has_native_bf16() -> bool:
-    """Whether oneDNN computes bfloat16 natively on this CPU (AVX512_BF16 or AMX). Without it
-    (AVX2-only CPUs, or ``ONEDNN_MAX_CPU_ISA=AVX2``) bf16 convolutions are emulated and run an
-    order of magnitude slower than float32."""
+    """Whether this CPU computes bfloat16 natively: it has AVX512_BF16 or AMX, and oneDNN may use
+    it (``ONEDNN_MAX_CPU_ISA`` can cap oneDNN below). Elsewhere, AVX-512 CPUs without AVX512_BF16
+    among them, oneDNN emulates bf16 convolutions, and AVX2-only CPUs run them an order of
+    magnitude slower than float32."""
     try:
-        return bool(torch.ops.mkldnn._is_mkldnn_bf16_supported())
+        has = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
+        return bool(has and torch.ops.mkldnn._is_mkldnn_bf16_supported())
     except (AttributeError, RuntimeError):
         return False
 

@@ -241,3 +241,17 @@ def test_fast_path_gives_the_plain_models_logits(small_checkpoint, tmp_path):
         d = (a - b).abs().max().item()
         print(f'fast vs plain at {size}px: max|d logits| = {d:.2e}')
         assert d < 1e-4 and (fa - fb).abs().max().item() < 1e-4 * max(1.0, fa.abs().max().item())
+
+
+@pytest.mark.parametrize('avx512_bf16, amx, onednn_bf16, native', [
+    (False, False, True, False),   # AVX-512 without AVX512_BF16 (Skylake-X): oneDNN emulates bf16
+    (True, False, True, True),     # AVX512_BF16 (Cooper Lake, Zen 4)
+    (False, True, True, True),     # AMX (Sapphire Rapids)
+    (True, True, False, False),    # ONEDNN_MAX_CPU_ISA caps oneDNN below bf16
+    (False, False, False, False),  # AVX2 only
+])
+def test_native_bf16_is_decided_by_what_the_cpu_has(monkeypatch, avx512_bf16, amx, onednn_bf16, native):
+    monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: avx512_bf16)
+    monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: amx)
+    monkeypatch.setattr(torch.ops.mkldnn, '_is_mkldnn_bf16_supported', lambda: onednn_bf16)
+    assert engine.cpu_has_native_bf16() is native
