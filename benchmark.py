@@ -188,7 +188,9 @@ def parse_args(argv=None):
     ap.add_argument('--threads', type=utils.int_at_least(1), default=2, help='CPU threads for every framework')
     ap.add_argument('--rounds', type=utils.int_at_least(1), default=5)
     ap.add_argument('--device', choices=['auto', 'cpu', 'cuda'], default='auto')
-    ap.add_argument('--compile', action='store_true', help='also time torch.compile of the fast path')
+    ap.add_argument('--compile', action='store_true',
+                    help='also time torch.compile: of the fast path, or with --train of the training '
+                         'step (train.py --compile); compiling takes minutes, more on a CPU')
     ap.add_argument('--no-tf', action='store_true')
     ap.add_argument('--no-timm', action='store_true')
     ap.add_argument('--json', help='write the figures here')
@@ -373,6 +375,7 @@ def report(result: dict) -> None:
 
 TRAIN_LABELS = {'ours_channels_last': "train.py's model, channels_last",
                 'ours_nchw': "train.py's model, NCHW",
+                'ours_compiled': "train.py's model, channels_last, torch.compile",
                 'timm_nchw': 'timm pnasnet5large, NCHW',
                 'timm_channels_last': 'timm pnasnet5large, channels_last'}
 TRAIN_DROP_PATH = 0.1  # a mid-run rate; timm's pnasnet has no drop path, so ours pays for it
@@ -387,9 +390,10 @@ def train_network(size: int, checkpointing: bool = False) -> model_mod.NetworkIm
     return net
 
 
-def _train_step(net, x, y, device, precision: str):
+def _train_step(net, x, y, device, precision: str, compiled: bool = False):
     """One call of train.train_step with train.py's default recipe (RMSProp as TF has it, L2,
-    clipping, smoothing, aux weight) on ``net``."""
+    clipping, smoothing, aux weight) on ``net``; ``compiled``: its forward and backward under
+    torch.compile, as train.py --compile runs them."""
     import train
     targs = train.parse_args(['--data', '-'])
     train.fill_defaults(targs)
@@ -397,8 +401,10 @@ def _train_step(net, x, y, device, precision: str):
     optimizer = train.make_optimizer(train.param_groups(net, targs.weight_decay), targs)
     scaler = torch.amp.GradScaler(device.type, enabled=False)
 
+    step_net = torch.compile(net) if compiled else net
+
     def fn():
-        train.train_step(net, optimizer, scaler, x, y, targs)
+        train.train_step(step_net, optimizer, scaler, x, y, targs)
         if device.type == 'cuda':
             torch.cuda.synchronize()
     return fn
@@ -481,8 +487,19 @@ def train_main(args, device, timm) -> int:
                      'ten times slower than fp32 (--bf16-anyway times it all the same)')
     runners = {f'{name}_{p}': _train_step(net, inp, y, device, p)
                for p in precisions for name, (net, inp) in nets.items()}
-    for fn in runners.values():  # warm-up: optimizer state, oneDNN primitives, autotuning
+    if args.compile:
+        compiled = copy.deepcopy(nets['ours_channels_last'][0])
+        for p in precisions:
+            runners[f'ours_compiled_{p}'] = _train_step(compiled, x_cl, y, device, p, compiled=True)
+    warmup = {}
+    for k, fn in runners.items():  # warm-up: optimizer state, oneDNN primitives, compilation
+        start = time.perf_counter()
         fn()
+        warmup[k] = time.perf_counter() - start
+    for k in runners:
+        if k.startswith('ours_compiled_'):
+            notes.append(f'torch.compile ({k.rsplit("_", 1)[1]}): the first step took '
+                         f'{warmup[k]:.0f} s (compiling)')
     print(f'timing {len(runners)} training steps, {args.rounds} interleaved rounds, batch {args.batch}, '
           f'{args.size} px, {args.threads} threads, {device} ...', flush=True)
     times = timed_rounds(runners, args.rounds, args.batch)
@@ -502,7 +519,9 @@ def train_main(args, device, timm) -> int:
         if not timm_rows:
             continue
         peer = max(timm_rows, key=lambda k: rates[k]['median'])
-        for ours in (f'ours_channels_last_{p}', f'ours_nchw_{p}'):
+        for ours in (f'ours_channels_last_{p}', f'ours_nchw_{p}', f'ours_compiled_{p}'):
+            if ours not in times:
+                continue
             r = per_round_ratios(times, ours, peer)
             result['ratios'][f'{ours}_over_{peer}'] = r
             print(f'{p}: {TRAIN_LABELS[ours.rsplit("_", 1)[0]]} / timm\'s faster layout '

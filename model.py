@@ -12,16 +12,17 @@ The 1001 logits put the background class at index 0; ImageNet class k is logit k
 import dataclasses
 import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Union
+from typing import List, Optional, Sequence, Tuple, Union
 
 import torch
+import torch.fx
 import torch.nn as nn
 import torch.nn.functional as F
 import torch.utils.checkpoint
 
 import genotypes as genotypes_mod
 from operations import (OPS, PADDING_MODES, Conv2dSame, FactorizedReduce, ReLUConvBN, SkipConnect,
-                        add_dropped, batch_norm, drop_path_mask)
+                        batch_norm, drop_path)
 
 
 MIN_IMAGE_SIZE = 3  # conv0 is a VALID 3x3 conv: a smaller input leaves it nothing
@@ -157,62 +158,30 @@ class Cell(nn.Module):
         self._concat = list(concat)
         self.multiplier = len(self._concat)
         self._indices = [index for _, index in ops]
+        self._dropped = [name != 'skip_connect' for name, _ in ops]  # TF-Slim keeps the identity whole
         self._ops = nn.ModuleList()
         for name, index in ops:
             stride = 2 if reduction and index < 2 else 1
             C_in = C0 if index == 0 else C
             self._ops.append(OPS[name](C_in, C, stride, padding))
 
-    def forward(self, s0: Optional[torch.Tensor], s1: torch.Tensor, drop_prob: float = 0.0,
-                r0: Optional[torch.Tensor] = None, r1: Optional[torch.Tensor] = None) -> torch.Tensor:
-        """The cell's output; ``r0``/``r1``, where the caller has them, are ReLU(s0)/ReLU(s1),
-        which the input projections and the ops that begin with a ReLU then read instead of
-        rectifying the state once more (the network hands each cell output over rectified to
-        the two cells and the head that read it)."""
-        if self.preprocess0 is None:
-            s0, r0 = s1, r1
+    def forward(self, s0: Optional[torch.Tensor], s1: torch.Tensor,
+                drop_prob: float = 0.0) -> torch.Tensor:
+        if self.preprocess0 is None or s0 is None:
+            x0 = s1  # the first stem cell reads the stem conv twice, untransformed once
         else:
-            s0, r0 = _read(self.preprocess0, s0, r0), None
-        s1 = _read(self.preprocess1, s1, r1)
-        states = [s0, s1]
-        drop_prob = drop_prob * self.drop_scale if self.training else 0.0
-        rectified = {} if r0 is None else {0: r0}  # ReLU(state), once for all its readers
-
-        def run(op: nn.Module, index: int) -> torch.Tensor:
-            if not getattr(op, 'reads_relu', False):
-                return op(states[index])
-            if index not in rectified:
-                rectified[index] = F.relu(states[index])
-            return op(rectified[index], rectified=True)
-
-        def mask(op: nn.Module, h: torch.Tensor) -> Optional[torch.Tensor]:
-            # TF-Slim drops every op's output except the identity's
-            return None if isinstance(op, SkipConnect) else drop_path_mask(h, drop_prob)
-        for i in range(self._steps):
-            op1, op2 = self._ops[2 * i], self._ops[2 * i + 1]
-            h1 = run(op1, self._indices[2 * i])
-            h2 = run(op2, self._indices[2 * i + 1])
-            states.append(add_dropped(h1, mask(op1, h1), h2, mask(op2, h2)))
+            x0 = self.preprocess0(s0)
+        states = [x0, self.preprocess1(s1)]
+        hidden: List[torch.Tensor] = []
+        for i, op in enumerate(self._ops):
+            h = op(states[self._indices[i]])
+            if self.training and drop_prob > 0.0 and self._dropped[i]:
+                h = drop_path(h, drop_prob * self.drop_scale)
+            hidden.append(h)
+            if len(hidden) == 2:  # a combination: the sum of its two ops
+                states.append(hidden[0] + hidden[1])
+                hidden = []
         return torch.cat([states[i] for i in self._concat], dim=1)
-
-
-class _Rectified:
-    """ReLU(x), computed at the first call where the network has not computed it already."""
-
-    def __init__(self, x: torch.Tensor, rectified: Optional[torch.Tensor]):
-        self.x, self.value = x, rectified
-
-    def __call__(self) -> torch.Tensor:
-        if self.value is None:
-            self.value = F.relu(self.x)
-        return self.value
-
-
-def _read(op: nn.Module, x: torch.Tensor, rectified: Optional[torch.Tensor]) -> torch.Tensor:
-    """``op(x)``, from ``rectified`` = ReLU(x) where it is given and ``op`` begins with a ReLU."""
-    if rectified is not None and getattr(op, 'reads_relu', False):
-        return op(rectified, rectified=True)
-    return op(x)
 
 
 class AuxiliaryHead(nn.Module):
@@ -230,17 +199,25 @@ class AuxiliaryHead(nn.Module):
         self.conv = nn.Conv2d(128, 768, kernel_size, bias=False)
         self.bn1 = batch_norm(768)
         self.relu2 = nn.ReLU(inplace=False)
-        self.classifier = nn.Linear(768, num_classes)
+        self.classifier = nn.Linear(768, num_classes) if num_classes else nn.Identity()
 
-    def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
-        x = self.relu1(self.bn0(self.proj(self.pool(x if rectified else self.relu0(x)))))
-        if tuple(x.shape[-2:]) != (self.kernel_size, self.kernel_size):
-            raise ValueError(
-                f'the auxiliary head was built for a {self.kernel_size}x{self.kernel_size} map '
-                f'(config.image_size) but got {tuple(x.shape[-2:])}; build the model with the '
-                f'image_size you train at, or with auxiliary=False')
-        x = self.relu2(self.bn1(self.conv(x)))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu1(self.bn0(self.proj(self.pool(self.relu0(x)))))
+        x = self.relu2(self.bn1(self.conv(_aux_map_checked(x, self.kernel_size))))
         return self.classifier(x.flatten(1))
+
+
+def _aux_map_checked(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
+    """``x``, where it is the map the aux head's last conv was built for; one clear error else."""
+    if x.shape[-2] != kernel_size or x.shape[-1] != kernel_size:
+        raise ValueError(
+            f'the auxiliary head was built for a {kernel_size}x{kernel_size} map (config.image_size) '
+            f'but got {x.shape[-2]}x{x.shape[-1]}; build the model with the image_size you train '
+            f'at, or with auxiliary=False')
+    return x
+
+
+torch.fx.wrap('_aux_map_checked')  # reads the traced shape: recorded whole in a torch.fx graph
 
 
 class FeatureInfo:
@@ -279,12 +256,15 @@ class NetworkImageNet(nn.Module):
     ``(logits, logits_aux)`` in training mode with the aux head.
 
     ``features_only`` (as timm's ``create_model`` has it): ``forward`` returns the feature maps
-    of ``forward_stages`` instead, those of ``out_indices`` (default: all five)."""
+    of ``forward_stages`` instead, those of ``out_indices`` (default: all five).
+    ``global_pool``: 'avg' (TF-Slim's global mean), or '' for the unpooled map, which needs
+    ``config.num_classes == 0`` (no classifier), as timm has it."""
 
     def __init__(self, config: Optional[PNASNetConfig] = None, features_only: bool = False,
-                 out_indices: Optional[Sequence[int]] = None):
+                 out_indices: Optional[Sequence[int]] = None, global_pool: str = 'avg'):
         super().__init__()
         config = config or PNASNetConfig()
+        _check_global_pool(global_pool, config.num_classes)
         if config.padding not in PADDING_MODES:
             raise ValueError(f'config.padding must be one of {PADDING_MODES}, got {config.padding!r}')
         if config.stem not in ('imagenet', 'cifar'):
@@ -322,7 +302,9 @@ class NetworkImageNet(nn.Module):
                         (k + 1) / total_cells)
             self.cells.append(cell)
             C_prev_prev, C_prev, reduction_prev = C_prev, cell.multiplier * C, reduction
-        self.num_features = C_prev
+        self.num_features = self.head_hidden_size = C_prev
+        self.num_classes = config.num_classes
+        self.global_pool = global_pool
         # multi-scale taps, where timm hooks its pnasnet5large: conv0 (BN output, stride 2),
         # then ReLU of the last cell at each stride (4, 8, 16, 32)
         stride = 1 if config.stem == 'cifar' else 2
@@ -338,15 +320,15 @@ class NetworkImageNet(nn.Module):
         self.grad_checkpointing = False  # set_grad_checkpointing: recompute each cell in backward
         self.class_names: Optional[List[str]] = None  # set by load_pretrained from a train.py output
         self.features_only = features_only
-        self.out_indices = tuple(range(len(taps)) if out_indices is None else out_indices)
+        self.out_indices = list(range(len(taps)) if out_indices is None else out_indices)
         for i in self.out_indices:
             if not -len(taps) <= i < len(taps):
                 raise ValueError(f'out_indices: {i} is not one of the {len(taps)} feature maps')
 
-        self.aux_index = None
+        self.aux_index = -1  # position in self.cells of the cell the aux head reads; -1: none
         self.auxiliary_head = None
         if config.auxiliary and config.aux_cell_index is not None:
-            self.aux_index = config.aux_cell_index + stem_cells  # position in self.cells
+            self.aux_index = config.aux_cell_index + stem_cells
             kernel = aux_kernel_size(config, config.image_size)
             if kernel < 1:
                 raise ValueError(f'image_size {config.image_size} is too small for the auxiliary head')
@@ -355,42 +337,40 @@ class NetworkImageNet(nn.Module):
             self.auxiliary_head = AuxiliaryHead(aux_C, config.num_classes, kernel)
 
         self.dropout = nn.Dropout(config.dropout)
-        self.classifier = nn.Linear(self.num_features, config.num_classes)
+        self.classifier = nn.Linear(self.num_features, config.num_classes) if config.num_classes else nn.Identity()
+        self.pretrained_cfg = self.default_cfg = pretrained_cfg(config)
+
+    def _forward(self, x: torch.Tensor, stop: int, taps: List[int],
+                 with_aux: bool) -> Tuple[List[torch.Tensor], Optional[torch.Tensor]]:
+        """The stem and the first ``stop`` cells: the maps at ``taps`` (0: the stem's BN output,
+        k + 1: ReLU of cell k's output) and, in training with ``with_aux``, the aux logits."""
+        s1 = self.conv0_bn(self.conv0(x))
+        maps: List[torch.Tensor] = []
+        if 0 in taps:
+            maps.append(s1)
+        s0: Optional[torch.Tensor] = None
+        logits_aux: Optional[torch.Tensor] = None
+        drop_prob = self.drop_path_prob if self.training else 0.0
+        for k, cell in enumerate(self.cells):
+            if k < stop:
+                if self.grad_checkpointing and self.training and not torch.jit.is_scripting():
+                    # the RNG state is kept, so drop path draws the same masks again
+                    out = torch.utils.checkpoint.checkpoint(cell, s0, s1, drop_prob, use_reentrant=False)
+                else:
+                    out = cell(s0, s1, drop_prob)
+                s0, s1 = s1, out
+                if k + 1 in taps:
+                    maps.append(F.relu(out))
+                if self.auxiliary_head is not None:
+                    if with_aux and self.training and k == self.aux_index:
+                        logits_aux = self.auxiliary_head(out)
+        return maps, logits_aux
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
         """The last cell's output after the final ReLU: [N, num_features, h, w]. Never runs the
         aux head, in training mode neither: only ``forward`` does."""
-        return self._forward_cells(x, with_aux=False)[0]
-
-    def _forward_cells(self, x: torch.Tensor, with_aux: bool):
-        want_aux = with_aux and self.auxiliary_head is not None and self.training
-        logits_aux = None
-        for k, _, rectified in self._run_cells(x, len(self.cells)):
-            if want_aux and k == self.aux_index + 1:  # after cell aux_index
-                logits_aux = self.auxiliary_head(rectified(), rectified=True)
-        return rectified(), logits_aux
-
-    def _run_cells(self, x: torch.Tensor, count: int):
-        """Runs the stem and the first ``count`` cells, yielding ``(k, output, rectified)``
-        after each (k = 0 for the stem's BN output, k + 1 after cell k); ``rectified()`` is
-        ReLU(output). Each output is rectified once here and handed over so to the readers
-        that begin with a ReLU (the next cell's input projection, the projection or ops of the
-        cell after, the aux head, the final ReLU). Under grad checkpointing each cell
-        rectifies its own inputs instead, so that only raw inputs are kept, and ``rectified``
-        computes ReLU(output) only for a caller that asks."""
-        checkpoint = self.grad_checkpointing and self.training and torch.is_grad_enabled()
-        s1 = self.conv0_bn(self.conv0(x))
-        r1 = None if checkpoint else F.relu(s1)
-        yield 0, s1, _Rectified(s1, r1)
-        s0, r0 = None, None
-        drop_prob = self.drop_path_prob if self.training else 0.0
-        for k, cell in enumerate(self.cells[:count]):
-            if checkpoint:  # the RNG state is kept, so drop path draws the same masks again
-                out = torch.utils.checkpoint.checkpoint(cell, s0, s1, drop_prob, use_reentrant=False)
-            else:
-                out = cell(s0, s1, drop_prob, r0, r1)
-            s0, s1, r0, r1 = s1, out, r1, None if checkpoint else F.relu(out)
-            yield k + 1, s1, _Rectified(s1, r1)
+        n = len(self.cells)
+        return self._forward(x, n, [n], False)[0][0]
 
     @staticmethod
     def as_features(net: 'NetworkImageNet', out_indices: Optional[Sequence[int]] = None
@@ -401,43 +381,49 @@ class NetworkImageNet(nn.Module):
         features.load_state_dict(net.state_dict())
         return features.to(next(net.parameters()).device).train(net.training)
 
-    def reset_classifier(self, num_classes: int) -> None:
+    def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """New, freshly initialised classifiers (and aux classifier) for ``num_classes``, as
-        timm's models have it (0: none, the pooled features come out); the body is kept."""
+        timm's models have it (0: none, the pooled features come out); ``global_pool`` '' (with
+        ``num_classes`` 0): the unpooled map comes out. The body is kept."""
+        pool = self.global_pool if global_pool is None else global_pool
+        _check_global_pool(pool, num_classes)
+
         def head(in_features: int, like: nn.Module) -> nn.Module:
-            if num_classes == 0:  # timm's convention: the model then returns pooled features
+            if num_classes == 0:  # timm's convention: the model then returns the features
                 return nn.Identity()
             param = next(like.parameters(), None)
             linear = nn.Linear(in_features, num_classes)
             return linear if param is None else linear.to(param)
+        self.global_pool = pool
+        self.num_classes = num_classes
         self.config = dataclasses.replace(self.config, num_classes=num_classes)
         self.classifier = head(self.num_features, self.classifier)
         if self.auxiliary_head is not None:
             self.auxiliary_head.classifier = head(768, self.auxiliary_head.classifier)
 
-    def forward_stages(self, x: torch.Tensor, out_indices: Optional[Sequence[int]] = None
+    def forward_stages(self, x: torch.Tensor, out_indices: Optional[List[int]] = None
                        ) -> List[torch.Tensor]:
         """The feature maps at strides 2, 4, 8, 16 and 32 (``feature_info``), or those of
         ``out_indices``; the last one equals ``forward_features(x)``. Cells after the last map
         asked for are not run."""
         n = len(self._taps)
-        wanted = sorted({i % n for i in (range(n) if out_indices is None else out_indices)})
-        layers = {self._taps[i]: i for i in wanted}
-        maps = {}
-        for k, s1, rectified in self._run_cells(x, max(layers)):
-            if k in layers:  # conv0's BN output as it is, each cell's output rectified
-                maps[layers[k]] = s1 if k == 0 else rectified()
-        return [maps[i] for i in wanted]
+        asked = list(range(n)) if out_indices is None else [i % n for i in out_indices]
+        layers: List[int] = []
+        for i in range(n):
+            if i in asked:
+                layers.append(self._taps[i])
+        return self._forward(x, max(layers), layers, False)[0]
 
     def extract_features(self, x: torch.Tensor) -> torch.Tensor:
         """Global-pool vector [N, num_features] (TF-Hub's feature_vector: 4320 Large, 1080 Mobile)."""
         return self.forward_features(x).mean(dim=(2, 3))
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Logits from ``extract_features`` output, or from ``forward_features`` output (pooled
-        first), as timm's models have it; ``pre_logits``: the pooled features, after dropout."""
-        if features.dim() == 4:
-            features = features.mean(dim=(2, 3))
+        """Logits from ``forward_features`` output (pooled first, unless ``global_pool`` is '')
+        or from ``extract_features`` output, as timm's models have it; ``pre_logits``: the
+        pooled features, after dropout."""
+        if self.global_pool == 'avg':
+            features = _global_mean(features)
         features = self.dropout(features)
         return features if pre_logits else self.classifier(features)
 
@@ -446,29 +432,47 @@ class NetworkImageNet(nn.Module):
         memory for compute, as timm's models have it)."""
         self.grad_checkpointing = enable
 
-    @property
-    def pretrained_cfg(self) -> dict:
-        """What the weights expect, in timm's form: TF-Slim's inception preprocessing (central
-        crop 0.875, bilinear, [-1, 1]), the background class at logit 0 when there are 1001."""
-        size = self.config.image_size
-        pool = spatial_sizes(self.config, size)[-1]
-        return {'input_size': (3, size, size), 'pool_size': (pool, pool), 'crop_pct': 0.875,
-                'interpolation': 'bilinear', 'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5),
-                'num_classes': self.config.num_classes, 'first_conv': 'conv0',
-                'classifier': 'classifier', 'label_offset': 1 if self.config.num_classes == 1001 else 0,
-                'fixed_input_size': False}
-
-    default_cfg = pretrained_cfg
-
-    def forward(self, x: torch.Tensor):
+    def forward(self, x: torch.Tensor
+                ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor], List[torch.Tensor]]:
         """The logits [N, num_classes], as timm's and torchvision's models return them; in
         training mode with the aux head, ``(logits, logits_aux)`` (torchvision's inception
         convention); with ``features_only``, the maps of ``forward_stages``."""
         if self.features_only:
             return self.forward_stages(x, self.out_indices)
-        feats, logits_aux = self._forward_cells(x, with_aux=True)
-        logits = self.forward_head(feats.mean(dim=(2, 3)))
-        return logits if logits_aux is None else (logits, logits_aux)
+        n = len(self.cells)
+        maps, logits_aux = self._forward(x, n, [n], True)
+        logits = self.forward_head(maps[0])
+        if logits_aux is not None:
+            return logits, logits_aux
+        return logits
+
+
+def _global_mean(x: torch.Tensor) -> torch.Tensor:
+    """The global mean of a map [N, C, H, W]; a pooled [N, C] passes as it is."""
+    return x.mean(dim=(2, 3)) if x.dim() == 4 else x
+
+
+torch.fx.wrap('_global_mean')  # branches on the traced rank: recorded whole in a torch.fx graph
+
+
+def _check_global_pool(global_pool: str, num_classes: int) -> None:
+    if global_pool not in ('avg', ''):
+        raise ValueError(f"global_pool must be 'avg' or '' (no pooling), got {global_pool!r}")
+    if global_pool == '' and num_classes:
+        raise ValueError("global_pool='' (the unpooled map) needs num_classes=0: there is no "
+                         "classifier for a map")
+
+
+def pretrained_cfg(config: PNASNetConfig) -> dict:
+    """What the weights expect, in timm's form: TF-Slim's inception preprocessing (central crop
+    0.875, bilinear, [-1, 1]), the background class at logit 0 when there are 1001."""
+    size = config.image_size
+    pool = spatial_sizes(config, size)[-1]
+    return {'input_size': (3, size, size), 'pool_size': (pool, pool), 'crop_pct': 0.875,
+            'interpolation': 'bilinear', 'mean': (0.5, 0.5, 0.5), 'std': (0.5, 0.5, 0.5),
+            'num_classes': config.num_classes, 'first_conv': 'conv0',
+            'classifier': 'classifier', 'label_offset': 1 if config.num_classes == 1001 else 0,
+            'fixed_input_size': False}
 
 
 class NetworkCIFAR(NetworkImageNet):
@@ -479,11 +483,11 @@ class NetworkCIFAR(NetworkImageNet):
     NetworkImageNet's interface applies."""
 
     def __init__(self, config: Optional[PNASNetConfig] = None, features_only: bool = False,
-                 out_indices: Optional[Sequence[int]] = None):
+                 out_indices: Optional[Sequence[int]] = None, global_pool: str = 'avg'):
         config = config or PNASNetConfig.cifar()
         if config.stem != 'cifar':
             config = dataclasses.replace(config, stem='cifar')
-        super().__init__(config, features_only, out_indices)
+        super().__init__(config, features_only, out_indices, global_pool)
 
 
 def build_network(config: PNASNetConfig, **kwargs) -> NetworkImageNet:
@@ -703,7 +707,6 @@ def main(argv=None) -> int:
     import json
     import sys
 
-    import utils
     ap = argparse.ArgumentParser(description='What a genotype makes: python model.py --summary')
     ap.add_argument('--summary', action='store_true', required=True,
                     help='print parameters, multiply-adds, cell output shapes and forward time')
@@ -712,15 +715,19 @@ def main(argv=None) -> int:
     ap.add_argument('--compare', nargs=2, metavar=('A', 'B'), help='two genotypes side by side')
     ap.add_argument('--preset', choices=['large', 'mobile', 'cifar'], default='large',
                     help='large (331 px), mobile (224) or cifar (NetworkCIFAR, 32 px; PNASNetConfig.cifar)')
-    ap.add_argument('--filters', type=utils.int_at_least(1),
+    ap.add_argument('--filters', type=int,
                     help='num_conv_filters (default: the preset\'s)')
-    ap.add_argument('--cells', type=utils.int_at_least(1), help='num_cells (default: the preset\'s)')
+    ap.add_argument('--cells', type=int, help='num_cells (default: the preset\'s)')
     ap.add_argument('--stem-multiplier', type=float, help='(default: the preset\'s)')
-    ap.add_argument('--image-size', type=utils.int_at_least(MIN_IMAGE_SIZE),
+    ap.add_argument('--image-size', type=int,
                     help='default: the preset\'s (331 Large, 224 Mobile, 32 CIFAR)')
     ap.add_argument('--no-time', action='store_true', help='skip the timed forward')
     ap.add_argument('--json', action='store_true', help='print the figures as JSON')
     args = ap.parse_args(argv)
+    for flag, low in (('filters', 1), ('cells', 1), ('image_size', MIN_IMAGE_SIZE)):
+        value = getattr(args, flag)
+        if value is not None and value < low:  # model.py imports nothing of the scripts' helpers
+            ap.error(f'argument --{flag.replace("_", "-")}: {value} is below {low}')
     overrides = {k: v for k, v in (('num_conv_filters', args.filters), ('num_cells', args.cells),
                                    ('stem_multiplier', args.stem_multiplier)) if v is not None}
     try:

@@ -10,10 +10,11 @@ meets an even size, which is why an earlier port was exact only at 323 px. ``pad
 (the default) reproduces TensorFlow at every size; ``padding='symmetric'`` keeps the earlier port's
 behaviour for comparison.
 """
-from typing import Callable, Dict, Optional, Tuple
+from typing import Callable, Dict, List, Optional, Tuple
 
 import torch
 import torch.nn as nn
+import torch.fx
 import torch.nn.functional as F
 
 BN_EPS = 1e-3  # TF-Slim's batch_norm_epsilon; PyTorch's default (1e-5) shifts every BN a little
@@ -51,103 +52,47 @@ def _check_mode(padding: str) -> str:
     return padding
 
 
-class _DepthwiseWeightGrad(torch.autograd.Function):
-    """A depthwise conv whose weight gradient is computed as convolutions, one per example:
-    dW[c] = sum_n x[n, c] (x) dy[n, c], a depthwise conv of the input with the output gradient
-    as its kernel (stride and dilation trade places). oneDNN's own weight gradient treats a
-    depthwise kernel above 3x3 as a grouped conv padded to 8 channels a group; on the CPU
-    this is the faster form there. The forward and the data gradient are oneDNN's."""
+# The padded ops below read the input's size to pad it, so their padding is kept out of
+# torch.fx traces (torch.fx.wrap: the call is recorded whole, as timm does with its own 'SAME'
+# padding) and a traced or scripted model pads right at every input size.
 
-    @staticmethod
-    def forward(ctx, x, weight, stride, padding, dilation):
-        ctx.save_for_backward(x, weight)
-        ctx.conv = (stride, padding, dilation)
-        return F.conv2d(x, weight, None, stride, padding, dilation, weight.shape[0])
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        stride, padding, dilation = ctx.conv
-        groups = weight.shape[0]
-        grad_x = grad_w = None
-        if ctx.needs_input_grad[0]:
-            grad_x = torch.ops.aten.convolution_backward(
-                grad, x, weight, None, stride, padding, dilation, False, [0, 0], groups,
-                [True, False, False])[0]
-        if ctx.needs_input_grad[1]:
-            kh, kw = weight.shape[-2:]
-            for n in range(x.shape[0]):
-                part = F.conv2d(x[n:n + 1], grad[n].unsqueeze(1), None, dilation, padding, stride,
-                                groups)[0, :, :kh, :kw]
-                grad_w = part if grad_w is None else grad_w.add_(part)
-            grad_w = grad_w.reshape(weight.shape)
-        return grad_x, grad_w, None, None, None
+def conv2d_same(x: torch.Tensor, weight: torch.Tensor, bias: Optional[torch.Tensor],
+                stride: List[int], dilation: List[int], groups: int) -> torch.Tensor:
+    """F.conv2d with TF 'SAME' padding: the conv's own (symmetric) padding where TF pads
+    symmetrically, an explicit F.pad where a stride-2 window meets an even size."""
+    kh, kw = weight.shape[-2], weight.shape[-1]
+    top, bottom = same_padding(x.shape[-2], kh, stride[0], dilation[0])
+    left, right = same_padding(x.shape[-1], kw, stride[1], dilation[1])
+    if top == bottom and left == right:
+        return F.conv2d(x, weight, bias, stride, [top, left], dilation, groups)
+    return F.conv2d(F.pad(x, [left, right, top, bottom]), weight, bias, stride, [0, 0], dilation, groups)
 
 
-def _depthwise_weight_grad_pays(conv: nn.Conv2d, stride) -> bool:
-    """Where _DepthwiseWeightGrad is faster than the built-in backward: a depthwise conv
-    without bias with a window above 3x3 (oneDNN has a fast 3x3 kernel of its own), unless it
-    is both strided and dilated."""
-    kh, kw = conv.kernel_size
-    window = max((kh - 1) * conv.dilation[0], (kw - 1) * conv.dilation[1]) + 1
-    strided_and_dilated = max(stride) > 1 and max(conv.dilation) > 1
-    return (conv.groups == conv.in_channels == conv.out_channels and conv.bias is None
-            and window > 3 and not strided_and_dilated and conv.weight.requires_grad)
+def max_pool2d_same(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
+    """Max pool with TF 'SAME' padding; padded cells never win."""
+    top, bottom = same_padding(x.shape[-2], kernel_size, stride)
+    left, right = same_padding(x.shape[-1], kernel_size, stride)
+    if top == bottom and left == right:
+        return F.max_pool2d(x, kernel_size, stride, [top, left])
+    x = F.pad(x, [left, right, top, bottom], value=float('-inf'))
+    return F.max_pool2d(x, kernel_size, stride)
 
 
-class _PointwiseMatmulGrad(torch.autograd.Function):
-    """A stride-1 1x1 conv on a channels_last map, whose gradients are two matrix products of
-    the map seen as a [N*H*W, C] matrix (a view: no copy). On a small map (few rows against
-    the weight's size) this is faster on the CPU than oneDNN's backward, which reorders the
-    weight for the data gradient and the weight gradient back. The forward is oneDNN's."""
-
-    @staticmethod
-    def forward(ctx, x, weight, bias):
-        ctx.save_for_backward(x, weight)
-        ctx.has_bias = bias is not None
-        return F.conv2d(x, weight, bias)
-
-    @staticmethod
-    def backward(ctx, grad):
-        x, weight = ctx.saved_tensors
-        n, c_in, h, w = x.shape
-        c_out = weight.shape[0]
-        rows = grad.permute(0, 2, 3, 1).reshape(-1, c_out)
-        grad_x = grad_w = grad_b = None
-        if ctx.needs_input_grad[0]:
-            grad_x = (rows @ weight.view(c_out, c_in)).view(n, h, w, c_in).permute(0, 3, 1, 2)
-        if ctx.needs_input_grad[1]:
-            grad_w = (rows.t() @ x.permute(0, 2, 3, 1).reshape(-1, c_in)).view(weight.shape)
-        if ctx.has_bias and ctx.needs_input_grad[2]:
-            grad_b = rows.sum(0)
-        return grad_x, grad_w, grad_b
+def avg_pool2d_same(x: torch.Tensor, kernel_size: int, stride: int) -> torch.Tensor:
+    """Average pool with TF 'SAME' padding, which divides by the number of real cells."""
+    top, bottom = same_padding(x.shape[-2], kernel_size, stride)
+    left, right = same_padding(x.shape[-1], kernel_size, stride)
+    if top == bottom and left == right:
+        return F.avg_pool2d(x, kernel_size, stride, [top, left], count_include_pad=False)
+    pad = [left, right, top, bottom]
+    ones = F.pad(torch.ones_like(x[:1, :1]), pad)
+    return (F.avg_pool2d(F.pad(x, pad), kernel_size, stride, divisor_override=1)
+            / F.avg_pool2d(ones, kernel_size, stride, divisor_override=1))
 
 
-POINTWISE_MATMUL_ROWS = 1024  # N*H*W at or below which _PointwiseMatmulGrad pays
-
-
-def _cpu_fp32_training(x: torch.Tensor, weight: torch.Tensor) -> bool:
-    return (x.device.type == 'cpu' and x.dtype == torch.float32 and torch.is_grad_enabled()
-            and (weight.requires_grad or x.requires_grad) and not torch.is_autocast_enabled('cpu')
-            and not _exporting())
-
-
-def conv2d(x: torch.Tensor, conv: nn.Conv2d, padding, stride=None) -> torch.Tensor:
-    """``conv``'s convolution of ``x`` with ``padding`` (and ``stride``, where it overrides the
-    conv's: for an input subsampled already), as F.conv2d computes it; in fp32 training on
-    the CPU, with the faster backward of _DepthwiseWeightGrad or _PointwiseMatmulGrad where
-    that one pays. Elsewhere (CUDA, autocast, inference) it is F.conv2d itself."""
-    stride = conv.stride if stride is None else stride
-    if _cpu_fp32_training(x, conv.weight) and x.dim() == 4 and x.shape[0] > 0:
-        kh, kw = conv.kernel_size
-        if (conv.groups == 1 and (kh, kw) == (1, 1) and tuple(stride) == (1, 1)
-                and tuple(padding) == (0, 0) and conv.dilation == (1, 1)
-                and x.shape[0] * x.shape[2] * x.shape[3] <= POINTWISE_MATMUL_ROWS
-                and x.is_contiguous(memory_format=torch.channels_last)):
-            return _PointwiseMatmulGrad.apply(x, conv.weight, conv.bias)
-        if _depthwise_weight_grad_pays(conv, stride):
-            return _DepthwiseWeightGrad.apply(x, conv.weight, stride, padding, conv.dilation)
-    return F.conv2d(x, conv.weight, conv.bias, stride, padding, conv.dilation, conv.groups)
+torch.fx.wrap('conv2d_same')
+torch.fx.wrap('max_pool2d_same')
+torch.fx.wrap('avg_pool2d_same')
 
 
 class Conv2dSame(nn.Conv2d):
@@ -155,15 +100,20 @@ class Conv2dSame(nn.Conv2d):
 
     def __init__(self, in_channels: int, out_channels: int, kernel_size, stride=1, dilation=1,
                  groups: int = 1, bias: bool = False, padding: str = 'tf'):
-        super().__init__(in_channels, out_channels, kernel_size, stride=stride, padding=0,
+        k = (kernel_size, kernel_size) if isinstance(kernel_size, int) else kernel_size
+        d = (dilation, dilation) if isinstance(dilation, int) else dilation
+        symmetric = (((k[0] - 1) * d[0]) // 2, ((k[1] - 1) * d[1]) // 2)
+        super().__init__(in_channels, out_channels, kernel_size, stride=stride,
+                         padding=symmetric if padding == 'symmetric' else 0,
                          dilation=dilation, groups=groups, bias=bias)
         self.pad_mode = _check_mode(padding)
+        self.tf_same = padding == 'tf'
 
-    def forward(self, x: torch.Tensor, stride=None) -> torch.Tensor:
-        """``stride`` overrides the conv's own, for an input that was subsampled already."""
-        stride = self.stride if stride is None else stride
-        x, pad = pad_for_same(x, self.kernel_size, stride, self.dilation, self.pad_mode)
-        return conv2d(x, self, pad, stride)
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.tf_same:
+            return conv2d_same(x, self.weight, self.bias, list(self.stride), list(self.dilation),
+                               self.groups)
+        return self._conv_forward(x, self.weight, self.bias)
 
 
 class MaxPool2dSame(nn.Module):
@@ -174,9 +124,9 @@ class MaxPool2dSame(nn.Module):
         self.kernel_size, self.stride, self.pad_mode = kernel_size, stride, _check_mode(padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, s = self.kernel_size, self.stride
-        x, pad = pad_for_same(x, (k, k), (s, s), (1, 1), self.pad_mode, value=float('-inf'))
-        return F.max_pool2d(x, k, s, pad)
+        if self.pad_mode == 'tf':
+            return max_pool2d_same(x, self.kernel_size, self.stride)
+        return F.max_pool2d(x, self.kernel_size, self.stride, (self.kernel_size - 1) // 2)
 
 
 class AvgPool2dSame(nn.Module):
@@ -187,14 +137,10 @@ class AvgPool2dSame(nn.Module):
         self.kernel_size, self.stride, self.pad_mode = kernel_size, stride, _check_mode(padding)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        k, s = self.kernel_size, self.stride
-        h, w = x.shape[-2:]
-        padded, pad = pad_for_same(x, (k, k), (s, s), (1, 1), self.pad_mode)
-        if padded is x:
-            return F.avg_pool2d(x, k, s, pad, count_include_pad=False)
-        # explicit zero padding: divide the window sums by the number of real cells
-        ones, _ = pad_for_same(x.new_ones(1, 1, h, w), (k, k), (s, s), (1, 1), self.pad_mode)
-        return F.avg_pool2d(padded, k, s, divisor_override=1) / F.avg_pool2d(ones, k, s, divisor_override=1)
+        if self.pad_mode == 'tf':
+            return avg_pool2d_same(x, self.kernel_size, self.stride)
+        return F.avg_pool2d(x, self.kernel_size, self.stride, (self.kernel_size - 1) // 2,
+                            count_include_pad=False)
 
 
 def batch_norm(channels: int) -> nn.BatchNorm2d:
@@ -211,54 +157,8 @@ class ReLUConvBN(nn.Module):
         self.conv = Conv2dSame(C_in, C_out, kernel_size, stride, padding=padding)
         self.bn = batch_norm(C_out)
 
-    reads_relu = True  # its first step is ReLU(x): a caller may pass x rectified already
-
-    def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
-        return self.bn(self.conv(x if rectified else self.relu(x)))
-
-
-def memory_format_of(x: torch.Tensor) -> torch.memory_format:
-    """channels_last where ``x`` is laid out so (and not also plain contiguous), else contiguous."""
-    if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous():
-        return torch.channels_last
-    return torch.contiguous_format
-
-
-class _Subsample(torch.autograd.Function):
-    """The grids ``x[:, :, i::step, j::step]`` for each offset (i, j), each made contiguous in
-    ``x``'s layout; the backward writes every grid's gradient into one zero-filled gradient of
-    ``x`` (autograd's slicing would fill one for each grid and then add them)."""
-
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, step: int, offsets: tuple):
-        ctx.shape, ctx.step, ctx.offsets, ctx.fmt = x.shape, step, offsets, memory_format_of(x)
-        return tuple(x[:, :, i::step, j::step].contiguous(memory_format=ctx.fmt) for i, j in offsets)
-
-    @staticmethod
-    def backward(ctx, *grads):
-        g0 = grads[0]
-        gx = torch.empty(ctx.shape, dtype=g0.dtype, device=g0.device, memory_format=ctx.fmt).zero_()
-        for (i, j), g in zip(ctx.offsets, grads):
-            if g is not None and g.numel():
-                gx[:, :, i::ctx.step, j::ctx.step] = g
-        return gx, None, None
-
-
-def subsample(x: torch.Tensor, step: int, *offsets) -> Tuple[torch.Tensor, ...]:
-    """``x[:, :, i::step, j::step]`` for each (i, j) in ``offsets``, as contiguous tensors.
-
-    A strided 1x1 conv equals a stride-1 conv of ``subsample(x, stride, (0, 0))``, and on the
-    CPU the latter's backward is much cheaper: the strided conv's data gradient is computed at
-    the input's full size, the subsampled one at its quarter."""
-    if not (torch.is_grad_enabled() and x.requires_grad) or _exporting():
-        return tuple(x[:, :, i::step, j::step] for i, j in offsets)  # no backward to save on
-    return _Subsample.apply(x, step, tuple(offsets))
-
-
-def _exporting() -> bool:
-    """Under torch.jit.trace/script or ONNX export, which cannot record a Python autograd
-    Function: the plain ops are traced instead."""
-    return torch.jit.is_tracing() or torch.jit.is_scripting() or torch.onnx.is_in_onnx_export()
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv(self.relu(x)))
 
 
 class FactorizedReduce(nn.Module):
@@ -279,17 +179,10 @@ class FactorizedReduce(nn.Module):
         self.conv_2 = Conv2dSame(C_in, C_out // 2, 1, stride=2)
         self.bn = batch_norm(self.C_out)
 
-    reads_relu = True
-
-    def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
-        x = x if rectified else self.relu(x)
-        h, w = x.shape[-2:]
-        # conv_1 samples the even rows and columns, conv_2 (after TF's shift) the odd ones
-        even, odd = subsample(x, 2, (0, 0), (1, 1))
-        if h % 2 or w % 2:  # TF's zero row/column, which only an odd size ever samples
-            odd = F.pad(odd, (0, w % 2, 0, h % 2))
-        return self.bn(torch.cat([self.conv_1(even, stride=(1, 1)),
-                                  self.conv_2(odd, stride=(1, 1))], dim=1))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.relu(x)
+        shifted = F.pad(x, [0, 1, 0, 1])[:, :, 1:, 1:]  # TF's shift by one pixel up-left
+        return self.bn(torch.cat([self.conv_1(x), self.conv_2(shifted)], dim=1))
 
 
 class SepConv(nn.Module):
@@ -311,10 +204,8 @@ class SepConv(nn.Module):
         self.pointwise2 = Conv2dSame(C_out, C_out, 1)
         self.bn2 = batch_norm(C_out)
 
-    reads_relu = True  # its first step is ReLU(x): a cell may pass x rectified already
-
-    def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
-        x = self.bn1(self.pointwise1(self.depthwise1(x if rectified else self.relu1(x))))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = self.bn1(self.pointwise1(self.depthwise1(self.relu1(x))))
         return self.bn2(self.pointwise2(self.depthwise2(self.relu2(x))))
 
 
@@ -331,10 +222,8 @@ class DilConv(nn.Module):
         self.pointwise = Conv2dSame(C_in, C_out, 1)
         self.bn = batch_norm(C_out)
 
-    reads_relu = True
-
-    def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
-        return self.bn(self.pointwise(self.depthwise(x if rectified else self.relu(x))))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.pointwise(self.depthwise(self.relu(x))))
 
 
 class Conv7x1x1x7(nn.Module):
@@ -347,10 +236,8 @@ class Conv7x1x1x7(nn.Module):
         self.conv_7x1 = Conv2dSame(C_out, C_out, (7, 1), (stride, 1), padding=padding)
         self.bn = batch_norm(C_out)
 
-    reads_relu = True
-
-    def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
-        return self.bn(self.conv_7x1(self.conv_1x7(x if rectified else self.relu(x))))
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.bn(self.conv_7x1(self.conv_1x7(self.relu(x))))
 
 
 class Pool(nn.Module):
@@ -362,13 +249,14 @@ class Pool(nn.Module):
         pool_cls = MaxPool2dSame if kind == 'max' else AvgPool2dSame
         self.pool = pool_cls(3, stride, padding=padding)
         self.project = C_in != C_out
-        if self.project:
-            self.conv = Conv2dSame(C_in, C_out, 1)
-            self.bn = batch_norm(C_out)
+        self.conv = Conv2dSame(C_in, C_out, 1) if self.project else None
+        self.bn = batch_norm(C_out) if self.project else None
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = self.pool(x)
-        return self.bn(self.conv(x)) if self.project else x
+        if self.conv is None or self.bn is None:
+            return x
+        return self.bn(self.conv(x))
 
 
 class SkipConnect(nn.Module):
@@ -378,22 +266,14 @@ class SkipConnect(nn.Module):
     def __init__(self, C_in: int, C_out: int, stride: int):
         super().__init__()
         self.project = stride > 1 or C_in != C_out
-        if self.project:
-            self.relu = nn.ReLU(inplace=False)
-            self.conv = Conv2dSame(C_in, C_out, 1, stride)  # 1x1: no padding
-            self.bn = batch_norm(C_out)
+        self.relu = nn.ReLU(inplace=False)
+        self.conv = Conv2dSame(C_in, C_out, 1, stride) if self.project else None  # 1x1: no padding
+        self.bn = batch_norm(C_out) if self.project else None
 
-    @property
-    def reads_relu(self) -> bool:
-        return self.project
-
-    def forward(self, x: torch.Tensor, rectified: bool = False) -> torch.Tensor:
-        if not self.project:
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.conv is None or self.bn is None:
             return x
-        x = x if rectified else self.relu(x)
-        if self.conv.stride != (1, 1):  # a 1x1 'SAME' conv reads every stride-th pixel
-            (x,) = subsample(x, self.conv.stride[0], (0, 0))
-        return self.bn(self.conv(x, stride=(1, 1)))
+        return self.bn(self.conv(self.relu(x)))
 
 
 class Zero(nn.Module):
@@ -404,9 +284,8 @@ class Zero(nn.Module):
         self.C_out, self.stride = C_out, stride
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        n, _, h, w = x.shape
         s = self.stride
-        return x.new_zeros(n, self.C_out, -(-h // s), -(-w // s))
+        return x.new_zeros(x.shape[0], self.C_out, (x.shape[2] + s - 1) // s, (x.shape[3] + s - 1) // s)
 
 
 OPS: Dict[str, Callable[[int, int, int, str], nn.Module]] = {
@@ -423,32 +302,11 @@ OPS: Dict[str, Callable[[int, int, int, str], nn.Module]] = {
 }
 
 
-def drop_path_mask(x: torch.Tensor, drop_prob: float) -> Optional[torch.Tensor]:
-    """The per-example factor of TF-Slim's nasnet_utils.drop_path for ``x``: 0 with probability
-    ``drop_prob``, else 1/keep_prob, shaped [N, 1, 1, 1]; None when nothing is dropped."""
-    if drop_prob <= 0.0:
-        return None
-    keep_prob = 1.0 - drop_prob
-    mask = torch.empty(x.shape[0], 1, 1, 1, dtype=x.dtype, device=x.device).bernoulli_(keep_prob)
-    return mask.div_(keep_prob)
-
-
 def drop_path(x: torch.Tensor, drop_prob: float) -> torch.Tensor:
     """Drops whole examples of ``x`` with probability ``drop_prob`` and rescales the survivors by
     1/keep_prob, as TF-Slim's nasnet_utils.drop_path; call it in training mode only."""
-    mask = drop_path_mask(x, drop_prob)
-    return x if mask is None else x * mask  # one pass over x (TF divides, then multiplies: two)
-
-
-def add_dropped(h1: torch.Tensor, mask1: Optional[torch.Tensor], h2: torch.Tensor,
-                mask2: Optional[torch.Tensor]) -> torch.Tensor:
-    """``h1 * mask1 + h2 * mask2`` (a missing mask: that term is kept whole), the sum of a cell's
-    combination under drop path, with the masks applied inside the add: one pass fewer over the
-    map per mask than dropping each term first."""
-    if mask1 is None and mask2 is None:
-        return h1 + h2
-    if mask1 is None:
-        return torch.addcmul(h1, h2, mask2)
-    if mask2 is None:
-        return torch.addcmul(h2, h1, mask1)
-    return torch.addcmul(h1 * mask1, h2, mask2)
+    if drop_prob <= 0.0:
+        return x
+    keep_prob = 1.0 - drop_prob
+    mask = x.new_empty([x.shape[0], 1, 1, 1]).bernoulli_(keep_prob)
+    return x * mask.div_(keep_prob)

@@ -167,6 +167,10 @@ def parse_args(argv=None):
     s.add_argument('--grad-checkpointing', action='store_true',
                    help='recompute each cell in the backward pass (torch.utils.checkpoint): less memory')
     s.add_argument('--sync-bn', action='store_true', help='with torchrun on GPUs: synchronised BatchNorm')
+    s.add_argument('--compile', action='store_true',
+                   help='run the training step\'s forward and backward under torch.compile (the '
+                        'usual gain on GPUs; it compiles for minutes first, and on a CPU it may not '
+                        'pay: docs/performance.md)')
     s.add_argument('--workers', type=utils.int_at_least(0), default=min(4, os.cpu_count() or 1),
                    help='DataLoader workers (0: in the main process; needed for bit-exact resume '
                         'on the CPU together with --seed)')
@@ -651,6 +655,7 @@ def set_rng_state(state: dict) -> None:
 
 
 def unwrap(net: nn.Module) -> model_mod.NetworkImageNet:
+    net = getattr(net, '_orig_mod', net)  # torch.compile's wrapper
     return net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
 
 
@@ -872,6 +877,8 @@ def _train(args, device, rank: int, world: int) -> int:
     if world > 1:
         train_net = nn.parallel.DistributedDataParallel(
             net, device_ids=[device.index] if device.type == 'cuda' else None)
+    if args.compile:
+        train_net = torch.compile(train_net)
     model = unwrap(train_net)
     run.log(f'{len(train_set)} training and {len(val_set)} val images, {len(class_names)} classes; '
             f'{args.epochs} epochs of {steps_per_epoch} steps (batch {batch} x {world}); '

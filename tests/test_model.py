@@ -10,6 +10,8 @@ import model
 from genotypes import GenotypeError
 from model import NetworkImageNet, PNASNetConfig
 
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
 
 def n_params(net):
     return sum(p.numel() for p in net.parameters())
@@ -362,68 +364,86 @@ def test_grad_checkpointing_gives_the_same_loss_and_gradients():
     assert all(torch.allclose(a, b, atol=1e-6) for a, b in zip(grads[0][1], grads[1][1]))
 
 
-def test_add_dropped_equals_dropping_each_term_then_adding_with_the_same_draws():
-    from operations import add_dropped, drop_path, drop_path_mask
-    h1, h2 = torch.randn(64, 3, 4, 4), torch.randn(64, 3, 4, 4)
-    for p1, p2 in ((0.3, 0.3), (0.0, 0.4), (0.4, 0.0), (0.0, 0.0)):
-        torch.manual_seed(7)
-        ref = drop_path(h1, p1) + drop_path(h2, p2)
-        torch.manual_seed(7)
-        m1 = drop_path_mask(h1, p1)
-        m2 = drop_path_mask(h2, p2)
-        got = add_dropped(h1, m1, h2, m2)
-        assert torch.allclose(got, ref, atol=1e-6, rtol=0)
-        assert (m1 is None) == (p1 == 0.0) and (m2 is None) == (p2 == 0.0)
-    assert set(drop_path_mask(h1, 0.5).flatten().tolist()) == {0.0, 2.0}  # dropped, or 1 / keep
+def test_timm_head_interface_num_classes_and_unpooled_maps():
+    """num_classes, head_hidden_size and global_pool as timm has them: reset_classifier(0, '')
+    and a model built with num_classes=0, global_pool='' give the unpooled map."""
+    torch.manual_seed(0)
+    config = PNASNetConfig.mobile(num_conv_filters=8)
+    net = NetworkImageNet(config).eval()
+    assert net.num_classes == 1001 and net.head_hidden_size == net.num_features == 160
+    x = torch.randn(1, 3, 96, 96)
+    with torch.no_grad():
+        feats = net.forward_features(x)
+        net.reset_classifier(10)
+        assert net.num_classes == 10 and net(x).shape == (1, 10)
+        net.reset_classifier(0, '')
+        assert net.num_classes == 0 and torch.equal(net(x), feats)
+        net.reset_classifier(0, 'avg')
+        assert torch.equal(net(x), feats.mean((2, 3)))
+    with pytest.raises(ValueError, match="needs num_classes=0"):
+        net.reset_classifier(5, '')
+    with pytest.raises(ValueError, match="global_pool must be"):
+        net.reset_classifier(0, 'max')
+    bare = NetworkImageNet(dataclasses.replace(config, num_classes=0), global_pool='').eval()
+    bare.load_state_dict({k: v for k, v in net.state_dict().items()})
+    with torch.no_grad():
+        assert torch.equal(bare(x), feats)
 
 
-@pytest.mark.parametrize('genotype', ['PNASNet', 'NASNet', 'DARTS_V2', 'AmoebaNet'])
-def test_a_cell_fed_rectified_inputs_equals_one_that_rectifies_them_itself(genotype):
-    """The network hands each output over rectified; a cell then reads ReLU(s0)/ReLU(s1)
-    instead of computing them, and must give the same output, drop path included."""
-    net = NetworkImageNet(small(genotype=genotype, auxiliary=False)).train()
-    x = torch.randn(2, 3, 64, 64)
-    s1 = net.conv0_bn(net.conv0(x))
-    s0 = None
-    for cell in net.cells:
-        torch.manual_seed(3)
-        ref = cell(s0, s1, 0.4)
-        torch.manual_seed(3)
-        got = cell(s0, s1, 0.4, None if s0 is None else torch.relu(s0), torch.relu(s1))
-        assert torch.equal(got, ref)
-        s0, s1 = s1, ref
+@pytest.mark.parametrize('preset, sizes', [('mobile', (96, 97)), ('large', (64, 70))])
+def test_fx_trace_script_and_export_give_the_models_outputs_at_every_size(preset, sizes):
+    """torch.fx keeps the 'SAME' padding out of the trace (it reads the input size), so one
+    trace is right at odd and even sizes; torch.jit.script and torch.export give the same
+    logits; torchvision's create_feature_extractor takes named nodes."""
+    from torchvision.models.feature_extraction import create_feature_extractor
+    torch.manual_seed(0)
+    net = NetworkImageNet(getattr(PNASNetConfig, preset)(num_conv_filters=8)).eval()
+    traced = torch.fx.symbolic_trace(net)
+    scripted = torch.jit.script(net)
+    features = create_feature_extractor(net, return_nodes={'cells.4': 'cell4', 'classifier': 'logits'})
+    for size in sizes:
+        x = torch.randn(2, 3, size, size)
+        with torch.no_grad():
+            ref = net(x)
+            assert torch.equal(traced(x), ref), size
+            assert (scripted(x) - ref).abs().max() < 1e-5, size
+            got = features(x)
+            assert torch.equal(got['logits'], ref)
+            assert got['cell4'].shape[1] == net.cells[4].multiplier * net.cells[4].C
+    x = torch.randn(1, 3, sizes[0], sizes[0])
+    exported = torch.export.export(net, (x,))
+    with torch.no_grad():
+        assert (exported.module()(x) - net(x)).abs().max() < 1e-5
 
 
-def _relu_count(fn) -> int:
-    from torch.utils._python_dispatch import TorchDispatchMode
-
-    class Count(TorchDispatchMode):
-        n = 0
-
-        def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-            if func is torch.ops.aten.relu.default:
-                Count.n += 1
-            return func(*args, **(kwargs or {}))
-    with Count():
-        fn()
-    return Count.n
-
-
-def test_training_forward_rectifies_each_state_once():
-    """ReLU of the stem and of every cell output is computed once for all its readers (next
-    cell's projection, the projection of the cell after, the aux head, the final ReLU), and
-    in a cell each state read by ops that begin with a ReLU once; a SepConv has its own
-    inner ReLU, and the aux head two after its projections."""
-    from operations import SepConv
-    net = NetworkImageNet(small(auxiliary=True)).train()
+def test_fx_traces_the_training_graph_with_drop_path_and_the_aux_head():
+    torch.manual_seed(0)
+    net = NetworkImageNet(PNASNetConfig.mobile(num_conv_filters=8, auxiliary=True, image_size=128))
+    net.train()
     net.drop_path_prob = 0.2
-    expected = 1 + 2  # the stem's output; the aux head's two inner ReLUs
-    for cell in net.cells:
-        read = {i for op, i in zip(cell._ops, cell._indices) if getattr(op, 'reads_relu', False)}
-        if cell.preprocess0 is None:
-            read.discard(0)  # the stem's output itself, handed over rectified
-        expected += 1 + len(read) + sum(isinstance(op, SepConv) for op in cell._ops)
+    traced = torch.fx.symbolic_trace(net)
     x = torch.randn(2, 3, 128, 128)
-    assert _relu_count(lambda: net(x)) == expected
-    net.set_grad_checkpointing(True)  # each cell rectifies its own inputs: more ReLUs
-    assert _relu_count(lambda: net(x)) > expected
+    torch.manual_seed(3)
+    logits, aux = net(x)
+    torch.manual_seed(3)
+    t_logits, t_aux = traced(x)
+    assert torch.equal(logits, t_logits) and torch.equal(aux, t_aux)
+
+
+def test_the_research_model_stays_plain():
+    """model.py and operations.py: no autograd Function, tracing/export switch or speed-only
+    argument; Cell.forward fits on a screen; model.py imports nothing of the scripts."""
+    import ast
+    import inspect
+    for name in ('model.py', 'operations.py'):
+        text = open(os.path.join(ROOT, name)).read()
+        for word in ('autograd.Function', 'is_tracing', 'onnx.is_in_onnx_export', 'rectified'):
+            assert word not in text, (name, word)
+    lines = inspect.getsource(model.Cell.forward).splitlines()
+    assert len(lines) <= 25, len(lines)
+    tree = ast.parse(open(os.path.join(ROOT, 'model.py')).read())
+    imported = {alias.name.split('.')[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split('.')[0] for node in ast.walk(tree)
+                 if isinstance(node, ast.ImportFrom) and node.module}
+    assert not imported & {'utils', 'tf_reference', 'convert', 'main', 'train', 'engine'}, imported

@@ -274,3 +274,27 @@ def test_bad_inputs_get_one_line_and_exit_1(tmp_path, data, weights):
     assert 'conv0.weight' in line and 'another architecture' in line
     line = bad(tmp_path, '--data', data, '--output', tmp_path / 'w', '--weights', tmp_path / 'none.pth', *SMALL)
     assert 'no such weights file' in line
+
+
+def test_compile_runs_the_step_under_torch_compile_and_saves_the_plain_weights(tmp_path, data,
+                                                                                weights, monkeypatch):
+    """--compile hands the network to torch.compile (stood in for here: compiling PNASNet takes
+    minutes on a CPU) and trains through what it returns; the files hold the model's own keys."""
+    calls = []
+
+    class Compiled(torch.nn.Module):  # as torch.compile's wrapper, it keeps the module as _orig_mod
+        def __init__(self, module):
+            super().__init__()
+            self._orig_mod = module
+
+        def forward(self, x):
+            calls.append(tuple(x.shape))
+            return self._orig_mod(x)
+    monkeypatch.setattr(train.torch, 'compile', Compiled)
+    out = tmp_path / 'run'
+    status, _, err = run_train('--data', data, '--output', out, '--weights', weights,
+                               '--epochs', 1, '--freeze-body', '--compile', *SMALL)
+    assert status == 0, err
+    assert calls and calls[0] == (8, 3, 64, 64)
+    saved = model_mod.read_weights(str(out / 'best.pth'))['state_dict']
+    assert saved['classifier.weight'].shape == (3, 200) and not [k for k in saved if '_orig_mod' in k]
