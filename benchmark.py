@@ -182,7 +182,8 @@ LABELS = {'fp32': 'this port, fp32 (engine, channels_last)',
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog='More: docs/performance.md')
     ap.add_argument('--batch', type=utils.int_at_least(1), default=4)
     ap.add_argument('--size', type=utils.int_at_least(model_mod.MIN_IMAGE_SIZE), default=331)
     ap.add_argument('--threads', type=utils.int_at_least(1), default=2, help='CPU threads for every framework')

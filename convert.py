@@ -766,7 +766,8 @@ def to_timm(path: str, output: str, force: bool = False, check: bool = True,
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog='More: docs/conversion.md')
     ap.add_argument('--checkpoint', default='data/model.ckpt',
                     help='TF checkpoint prefix, the folder holding it, or the official .tar.gz; '
                          'downloaded from --url when it is not there')

@@ -118,7 +118,8 @@ def export_torchscript(net: model_mod.NetworkImageNet, path: str, size: int, bat
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog='More: docs/interop.md')
     ap.add_argument('--weights', default='data/PNASNet-5_Large.pth', help='a convert.py output')
     ap.add_argument('--onnx', metavar='OUT.onnx', help='write the ONNX graph here')
     ap.add_argument('--torchscript', metavar='OUT.pt', help='write a traced TorchScript module here')

@@ -23,7 +23,8 @@ import utils
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog='More: docs/evaluation.md')
     ap.add_argument('--valdir', default='data/val',
                     help='ImageNet val, one folder per wnid; for a train.py output, one folder '
                          'per class of its training data (labelled by the class names it carries)')

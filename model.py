@@ -707,7 +707,8 @@ def main(argv=None) -> int:
     import json
     import sys
 
-    ap = argparse.ArgumentParser(description='What a genotype makes: python model.py --summary')
+    ap = argparse.ArgumentParser(description='What a genotype makes: python model.py --summary',
+                                 epilog='More: docs/experiments.md')
     ap.add_argument('--summary', action='store_true', required=True,
                     help='print parameters, multiply-adds, cell output shapes and forward time')
     ap.add_argument('--genotype', default='PNASNet',

@@ -514,7 +514,8 @@ def floor(prefix: str, size: Optional[int] = None, log=print) -> Dict[str, dict]
 
 
 def main(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog='More: docs/conversion.md')
     mode = ap.add_mutually_exclusive_group(required=True)
     mode.add_argument('--make-checkpoint', metavar='PREFIX',
                       help='write a random-weight TF-Slim-style checkpoint here')

@@ -94,7 +94,8 @@ def _help(text: str, key: str) -> str:
 
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog='More: docs/training.md')
     ap.add_argument('--data', required=True,
                     help='folder with train/ and val/, one folder per class; with --dataset cifar10, '
                          "the folder that holds (or gets, with --download) torchvision's "

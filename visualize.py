@@ -97,7 +97,8 @@ def save(genotype: genotypes_mod.Genotype, title: str, prefix: str) -> List[str]
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog='More: docs/experiments.md')
     ap.add_argument('genotype', help='a name in genotypes.GENOTYPES, or a JSON file of '
                                      'genotypes.to_dict output')
     ap.add_argument('--output', help='path prefix of the .png and .svg (default: the genotype\'s name)')

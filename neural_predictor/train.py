@@ -200,7 +200,8 @@ def regularized_evolution(table: dataset.Graphs, budget: int, seed: int, populat
 # --- the command line -------------------------------------------------------------------------------
 
 def parse_args(argv=None):
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog='More: docs/neural-predictor.md')
     ap.add_argument('--data', help='NAS-Bench-101 in the HDF5 layout (tools/nasbench_tfrecord_converter.py)')
     ap.add_argument('--splits', help='the .npz of tools/split_train_val.py')
     ap.add_argument('--train-split', default='172', help='split to train on (default 172)')

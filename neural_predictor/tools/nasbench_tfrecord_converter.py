@@ -155,7 +155,8 @@ def write_hdf5(arrays, path: str) -> None:
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog='More: docs/neural-predictor.md')
     ap.add_argument('--input', required=True, help='nasbench_full.tfrecord')
     ap.add_argument('--output', required=True, help='the HDF5 file to write')
     args = ap.parse_args(argv)

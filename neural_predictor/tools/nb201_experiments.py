@@ -29,7 +29,8 @@ def mean_std(values):
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog='More: docs/neural-predictor.md')
     ap.add_argument('--table', help="analog-nasbench's data.anb (default: the installed package's)")
     ap.add_argument('--sizes', type=int, nargs='+', default=[43, 86, 172, 334, 860])
     ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4])

@@ -19,7 +19,8 @@ from neural_predictor.common import write_atomic  # noqa: E402
 
 
 def main(argv=None) -> int:
-    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
+                                 epilog='More: docs/neural-predictor.md')
     ap.add_argument('--data', required=True, help='the NAS-Bench-101 HDF5 file')
     ap.add_argument('--output', required=True, help='the .npz to write')
     ap.add_argument('--seed', type=int, default=0, help='seed of the permutations (default 0, the reproduction\'s)')
