@@ -159,42 +159,16 @@ def predictor_search(table: dataset.Graphs, n_train: int, k: int, settings: Sett
 
 
 def random_search(table: dataset.Graphs, budget: int, seed: int) -> float:
-    pick = np.random.RandomState(seed).permutation(len(table))[:budget]
-    return float(table.labels[pick].max())
+    from neural_predictor.search import random_trajectory
+    return float(table.labels[random_trajectory(table, budget, seed)].max())
 
 
 def regularized_evolution(table: dataset.Graphs, budget: int, seed: int, population: int = 50,
                           sample: int = 10) -> float:
-    """Real et al.'s aging evolution over the table's cells: a population of random cells; each
-    round the best of a random sample is mutated (one position of its key to another value that
-    position takes in the table), looked up and added, and the oldest member dies; a mutant
-    outside the table is drawn again. ``budget`` counts every look-up, the initial population's
-    included. A mutant is looked up by its key (``Graphs.keys``)."""
-    rng = np.random.RandomState(seed)
-    keys = table.keys()
-    where = {key: i for i, key in enumerate(keys)}
-    values = [sorted({k[p] for k in keys}) for p in range(len(keys[0]))]
-    mutable = [p for p, v in enumerate(values) if len(v) > 1]
-    members = [int(i) for i in rng.permutation(len(table))[:min(population, budget)]]
-    best = float(table.labels[members].max())
-    for _ in range(budget - len(members)):  # every child is one look-up
-        contenders = rng.choice(len(members), size=min(sample, len(members)), replace=False)
-        parent = max((members[c] for c in contenders), key=lambda i: table.labels[i])
-        child = None
-        for _ in range(100):
-            key = list(keys[parent])
-            pos = mutable[rng.randint(len(mutable))]
-            others = [v for v in values[pos] if v != key[pos]]
-            key[pos] = others[rng.randint(len(others))]
-            child = where.get(tuple(key))
-            if child is not None:
-                break
-        if child is None:  # no mutant in the table: a random cell instead
-            child = int(rng.randint(len(table)))
-        best = max(best, float(table.labels[child]))
-        members.append(child)
-        members.pop(0)
-    return best
+    """The best accuracy Real et al.'s aging evolution finds in ``budget`` look-ups
+    (search.evolution_trajectory)."""
+    from neural_predictor.search import evolution_trajectory
+    return float(table.labels[evolution_trajectory(table, budget, seed, population, sample)].max())
 
 
 # --- the command line -------------------------------------------------------------------------------
