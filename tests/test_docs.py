@@ -18,6 +18,7 @@ SCRIPTS = {'benchmark.py': 'docs/performance.md', 'convert.py': 'docs/conversion
            'model.py': 'docs/experiments.md', 'tf_reference.py': 'docs/conversion.md',
            'train.py': 'docs/training.md', 'visualize.py': 'docs/experiments.md',
            'neural_predictor/train.py': 'docs/neural-predictor.md',
+           'neural_predictor/search.py': 'docs/neural-predictor.md',
            'neural_predictor/tools/nasbench_tfrecord_converter.py': 'docs/neural-predictor.md',
            'neural_predictor/tools/nb201_experiments.py': 'docs/neural-predictor.md',
            'neural_predictor/tools/split_train_val.py': 'docs/neural-predictor.md'}
