@@ -457,19 +457,12 @@ def _run_saved(prefix: str, size: int, out: str) -> None:
     """The twin restored from ``prefix`` (its config read from the checkpoint) on the images
     ``floor`` compares on, endpoints saved to ``out``: the body of one ``--run`` process."""
     import convert
-    config = convert.infer_config(convert.read_checkpoint(prefix))
-    aux = complete_aux_head(prefix)
+    tensors = convert.read_checkpoint(prefix)
+    config = convert.infer_config(tensors)
+    aux = any(AUX_BN.match(n) for n in tensors)  # the published files lack the aux BatchNorms
     ends = run_checkpoint(prefix, config, calibration_images(size, n=2, seed=2018),
                           aux=aux and size == config.image_size)
     np.savez(out, **ends)
-
-
-def complete_aux_head(prefix: str) -> bool:
-    """Whether the checkpoint holds the whole aux head, BatchNorms included (the published
-    files do not), so that TF can compute the aux logits."""
-    tf = import_tf()
-    names = set(tf.train.load_checkpoint(prefix).get_variable_to_shape_map())
-    return any(AUX_BN.match(n) for n in names)
 
 
 def floor(prefix: str, size: Optional[int] = None, log=print) -> Dict[str, dict]:
