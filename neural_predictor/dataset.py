@@ -10,15 +10,18 @@
   (``read_nb201``), read with a restricted unpickler.
 - This project's genotypes (``encode_genotype``) and JSON tables of ``(genotype, accuracy)``
   rows (``read_genotype_table``).
+- Any space's table as JSON lines (``read_jsonl_table``): one architecture a line, its nodes
+  (ops on the nodes, NAS-Bench-101's convention), its edges and its metrics.
 
 Every source becomes a ``Graphs``: one-hot node types, adjacency, node counts and labels.
 """
 import dataclasses
 import io
 import json
+import math
 import os
 import pickle
-from typing import Dict, List, Optional, Sequence
+from typing import Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 import torch
@@ -45,6 +48,7 @@ class Graphs:
     num_vertices: np.ndarray
     labels: np.ndarray
     names: Optional[List[str]] = None
+    metrics: Optional[Dict[str, np.ndarray]] = None  # every metric of a JSONL table, NaN where a row lacks it
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -52,7 +56,8 @@ class Graphs:
     def subset(self, index) -> 'Graphs':
         index = np.asarray(index, dtype=np.int64)
         return Graphs(self.ops[index], self.adjacency[index], self.num_vertices[index], self.labels[index],
-                      None if self.names is None else [self.names[i] for i in index])
+                      None if self.names is None else [self.names[i] for i in index],
+                      None if self.metrics is None else {k: v[index] for k, v in self.metrics.items()})
 
     def keys(self) -> List[tuple]:
         """Each cell as a tuple (its node types, then its adjacency): equal cells, equal keys."""
@@ -206,9 +211,9 @@ def nb201_data_file() -> str:
     return os.path.join(list(spec.submodule_search_locations)[0], 'data.anb')
 
 
-def read_nb201(path: Optional[str] = None, metric: str = 'baseline_accuracy') -> Graphs:
-    """Every NAS-Bench-201 cell of analog-nasbench with its CIFAR-10 accuracy (percent in the
-    file, a fraction here), encoded by ``encode_nb201``."""
+def nb201_records(path: Optional[str] = None) -> dict:
+    """analog-nasbench's table as it is stored: NB-201 cell (6 op indices) -> a record with its
+    accuracies as attributes (``baseline_accuracy``, ``analog_accuracy``, ...; percent)."""
     path = path or nb201_data_file()
     try:
         with open(path, 'rb') as f:
@@ -217,14 +222,21 @@ def read_nb201(path: Optional[str] = None, metric: str = 'baseline_accuracy') ->
         raise DataError(f'{path}: cannot read the analog-nasbench table ({e})') from None
     if not isinstance(table, dict) or not table:
         raise DataError(f'{path}: not a table of architectures')
+    for arch in table:
+        if not (isinstance(arch, tuple) and len(arch) == 6 and all(isinstance(a, int) and 0 <= a < 5 for a in arch)):
+            raise DataError(f'{path}: key {arch!r} is not an NB-201 cell (6 op indices 0-4)')
+    return table
+
+
+def read_nb201(path: Optional[str] = None, metric: str = 'baseline_accuracy') -> Graphs:
+    """Every NAS-Bench-201 cell of analog-nasbench with its CIFAR-10 accuracy (percent in the
+    file, a fraction here), encoded by ``encode_nb201``."""
     archs, accs = [], []
-    for arch, record in table.items():
+    for arch, record in nb201_records(path).items():
         value = getattr(record, metric, None)
         if value is None or not np.isfinite(float(value)):
             continue
-        if not (isinstance(arch, tuple) and len(arch) == 6 and all(0 <= int(a) < 5 for a in arch)):
-            raise DataError(f'{path}: key {arch!r} is not an NB-201 cell (6 op indices 0-4)')
-        archs.append(tuple(int(a) for a in arch))
+        archs.append(arch)
         accs.append(float(value) / 100.0)
     graphs = [encode_nb201(a) for a in archs]
     return stack(graphs, np.array(accs, dtype=np.float32), names=[str(a) for a in archs])
@@ -340,3 +352,119 @@ def read_genotype_table(path: str, load_genotype) -> Graphs:
         labels.append(acc / 100.0 if acc > 1.0 else acc)
         names.append(row['genotype'] if isinstance(row['genotype'], str) else f'row {k}')
     return stack(graphs, np.array(labels, np.float32), names)
+
+
+# --- any space: JSON lines --------------------------------------------------------------------------
+
+JSONL_EXAMPLE = ('{"id": "a17", "nodes": ["input", "conv3x3", "maxpool3x3", "output"], '
+                 '"edges": [[0, 1], [1, 2], [0, 2], [2, 3]], "metrics": {"valid": 91.2, "test": 90.8}}')
+
+
+def _parse_row(text: str, where: str) -> dict:
+    """One JSONL row, checked: nodes (at least an input and an output), edges [from, to] with
+    from < to inside the node list, each once, metrics numbers or null, id optional."""
+    try:
+        row = json.loads(text)
+    except json.JSONDecodeError as e:
+        raise DataError(f'{where}: not JSON ({e.msg}); one object a line, like {JSONL_EXAMPLE}') from None
+    if not isinstance(row, dict):
+        raise DataError(f'{where}: a JSON object is needed, like {JSONL_EXAMPLE}')
+    nodes, edges, metrics = row.get('nodes'), row.get('edges'), row.get('metrics')
+    if not isinstance(nodes, list) or len(nodes) < 2 or not all(isinstance(n, str) and n for n in nodes):
+        raise DataError(f'{where}: "nodes" must be a list of at least 2 op names (input first, output last)')
+    if not isinstance(edges, list):
+        raise DataError(f'{where}: "edges" must be a list of [from, to] pairs')
+    pairs = set()
+    for e in edges:
+        if (not isinstance(e, list) or len(e) != 2 or not all(isinstance(v, int) and not isinstance(v, bool) for v in e)):
+            raise DataError(f'{where}: edge {json.dumps(e)} is not a [from, to] pair of node numbers')
+        a, b = e
+        if not 0 <= a < b < len(nodes):
+            raise DataError(f'{where}: edge {json.dumps(e)} must run from a lower to a higher node number, '
+                            f'both below {len(nodes)} (the row has {len(nodes)} nodes)')
+        if (a, b) in pairs:
+            raise DataError(f'{where}: edge {json.dumps(e)} appears twice')
+        pairs.add((a, b))
+    if not isinstance(metrics, dict):
+        raise DataError(f'{where}: "metrics" must be an object of numbers, like {{"valid": 91.2}}')
+    values = {}
+    for name, v in metrics.items():
+        if v is None:
+            continue
+        if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+            raise DataError(f'{where}: metric {name!r} is {json.dumps(v)}, not a finite number (or null)')
+        values[name] = float(v)
+    ident = row.get('id')
+    if ident is not None and not isinstance(ident, (str, int)):
+        raise DataError(f'{where}: "id" must be a string or a number')
+    return {'nodes': nodes, 'edges': sorted(pairs), 'metrics': values, 'id': ident}
+
+
+def parse_limit(text: str) -> Tuple[str, float]:
+    """``NAME=VALUE`` of ``--max``."""
+    name, sep, value = text.partition('=')
+    try:
+        if not sep or not name:
+            raise ValueError
+        return name, float(value)
+    except ValueError:
+        raise DataError(f'--max {text}: give NAME=VALUE, for example --max params_m=1.5') from None
+
+
+def read_jsonl_table(path: str, metric: Optional[str] = None,
+                     limits: Sequence[Tuple[str, float]] = ()) -> Tuple[Graphs, str]:
+    """A table of any space, one architecture a line (``JSONL_EXAMPLE``): ``nodes[0]`` the input,
+    ``nodes[-1]`` the output, ops on the nodes; ``edges`` [from, to]; node counts may differ
+    between rows. The labels are ``metric`` (default: the first metric of the first row), in the
+    table's own units, higher is better; rows that lack it are left out, and so are rows over a
+    ``limits`` bound (NAME, VALUE) or lacking that metric. Every metric stays in ``.metrics``.
+    Returns the table and the metric's name."""
+    rows = []
+    try:
+        with open(path, encoding='utf-8') as f:
+            for number, line in enumerate(f, 1):
+                if line.strip():
+                    rows.append((number, _parse_row(line, f'{path}, line {number}')))
+    except OSError as e:
+        raise DataError(f'{path}: cannot read the table ({e.strerror})') from None
+    except UnicodeDecodeError:
+        raise DataError(f'{path}: not UTF-8 text; a table is JSON lines like {JSONL_EXAMPLE}') from None
+    if not rows:
+        raise DataError(f'{path}: no rows; one JSON object a line, like {JSONL_EXAMPLE}')
+    names = list(dict.fromkeys(k for _, r in rows for k in r['metrics']))
+    if metric is None:
+        first = rows[0][1]['metrics']
+        if not first:
+            raise DataError(f'{path}, line {rows[0][0]}: the first row has no metric; give --metric NAME')
+        metric = next(iter(first))
+    for name in [metric] + [n for n, _ in limits]:
+        if name not in names:
+            raise DataError(f'{path}: no row has the metric {name!r}; the table has {names}')
+    keep = [(n, r) for n, r in rows if metric in r['metrics']
+            and all(lim in r['metrics'] and r['metrics'][lim] <= v for lim, v in limits)]
+    if not keep:
+        raise DataError(f'{path}: no row has {metric!r} within the --max bounds {dict(limits)}')
+    vocab = sorted({op for _, r in keep for op in r['nodes']})
+    vocab = [v for v in ('input', 'output') if v in vocab] + [v for v in vocab if v not in ('input', 'output')]
+    column = {op: k for k, op in enumerate(vocab)}
+    graphs = []
+    for _, r in keep:
+        v = len(r['nodes'])
+        ops = np.zeros((v, len(vocab)), np.float32)
+        ops[np.arange(v), [column[op] for op in r['nodes']]] = 1.0
+        adj = np.zeros((v, v), np.float32)
+        for a, b in r['edges']:
+            adj[a, b] = 1.0
+        graphs.append((ops, adj))
+    table = stack(graphs, np.array([r['metrics'][metric] for _, r in keep], np.float32),
+                  names=[str(r['id']) if r['id'] is not None else f'line {n}' for n, r in keep])
+    table.metrics = {name: np.array([r['metrics'].get(name, np.nan) for _, r in keep], np.float64)
+                     for name in names}
+    return table, metric
+
+
+def write_jsonl_rows(rows, path: str) -> None:
+    """Rows (dicts of the JSONL format) as a table file, written atomically."""
+    from neural_predictor.common import write_atomic
+    text = ''.join(json.dumps(r, separators=(', ', ': ')) + '\n' for r in rows)
+    write_atomic(path, lambda f: f.write(text.encode()))

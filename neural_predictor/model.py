@@ -5,9 +5,14 @@ A cell is a graph of V nodes (padded to the largest cell of a table): ``ops`` [B
 node types (zero rows for padding), ``adjacency`` [B, V, V] with ``adjacency[i, j] = 1`` for an
 edge i -> j, and ``num_vertices`` [B], the real nodes.
 """
+import dataclasses
+
+import numpy as np
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
+
+from neural_predictor import dataset
 
 
 def normalize_rows(adj: torch.Tensor) -> torch.Tensor:
@@ -81,3 +86,66 @@ class MLPPredictor(nn.Module):
         i, j = torch.triu_indices(self.num_nodes, self.num_nodes, 1, device=ops.device)
         x = torch.cat([ops.flatten(1), adjacency.to(ops.dtype)[:, i, j]], dim=1)
         return self.head(self.body(x)).view(-1)
+
+
+# --- training and prediction ----------------------------------------------------------------------
+
+@dataclasses.dataclass
+class Settings:
+    epochs: int = 300
+    lr: float = 1e-4
+    weight_decay: float = 1e-3
+    batch_size: int = 10
+    seed: int = 0
+    model: str = 'gcn'  # or 'mlp'
+
+
+def build(settings: Settings, graphs: dataset.Graphs) -> torch.nn.Module:
+    if settings.model == 'mlp':
+        return MLPPredictor(graphs.ops.shape[1], graphs.ops.shape[2])
+    return NeuralPredictor(in_features=graphs.ops.shape[2])
+
+
+def fit(graphs: dataset.Graphs, targets: np.ndarray, settings: Settings, loss: str = 'mse') -> torch.nn.Module:
+    """A predictor trained on ``graphs`` towards ``targets`` (normalised accuracies, or 0/1 with
+    ``loss='bce'``), seeded: the same settings give the same weights."""
+    torch.manual_seed(settings.seed)
+    net = build(settings, graphs)
+    optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.epochs)
+    ops, adj, nv = graphs.tensors()
+    y = torch.as_tensor(np.asarray(targets, np.float32))
+    generator = torch.Generator().manual_seed(settings.seed)
+    batch = min(settings.batch_size, len(graphs))
+    net.train()
+    for _ in range(settings.epochs):
+        order = torch.randperm(len(graphs), generator=generator)
+        for start in range(0, len(order) - batch + 1, batch):  # drop_last
+            idx = order[start:start + batch]
+            out = net(ops[idx], adj[idx], nv[idx])
+            if loss == 'bce':
+                value = F.binary_cross_entropy_with_logits(out, y[idx])
+            else:
+                value = F.mse_loss(out, y[idx])
+            optimizer.zero_grad()
+            value.backward()
+            optimizer.step()
+        schedule.step()
+    return net.eval()
+
+
+@torch.no_grad()
+def predict(net: torch.nn.Module, graphs: dataset.Graphs, batch: int = 4096) -> np.ndarray:
+    net.eval()
+    ops, adj, nv = graphs.tensors()
+    return torch.cat([net(ops[i:i + batch], adj[i:i + batch], nv[i:i + batch])
+                      for i in range(0, len(graphs), batch)]).numpy()
+
+
+def regress(train: dataset.Graphs, evaluate: dataset.Graphs, settings: Settings,
+            norm=(dataset.MEAN, dataset.STD)) -> np.ndarray:
+    """Predicted accuracies (fractions) of ``evaluate`` by a regressor trained on ``train``
+    towards labels normalised by ``norm`` (mean, std): NAS-Bench-101's by default."""
+    mean, std = norm
+    net = fit(train, (train.labels - mean) / std, settings)
+    return predict(net, evaluate) * std + mean

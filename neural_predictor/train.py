@@ -4,7 +4,6 @@
         --train-split 172 --eval-split all --json out.json
     python neural_predictor/train.py ... --two-stage        # classifier, then regressor
     python neural_predictor/train.py ... --folds 5          # k-fold cross-validation on the train split
-    python neural_predictor/train.py ... --select 100 --seeds 0 1 2 3 4   # end-to-end selection
     python neural_predictor/train.py --table runs.json --rank MyGenotype PNASNet DARTS_V2
 
 The defaults are the reproduction's (neuralpredictor.pytorch): Adam at lr 1e-4 with weight decay
@@ -18,80 +17,17 @@ import os
 import sys
 
 import numpy as np
-import torch
-import torch.nn.functional as F
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from neural_predictor import dataset  # noqa: E402
 from neural_predictor.common import fail, kendall_tau, mse_percent, write_atomic, write_json  # noqa: E402
-from neural_predictor.model import MLPPredictor, NeuralPredictor  # noqa: E402
+from neural_predictor.model import Settings, fit, predict, regress  # noqa: E402
 
 SCRIPT = 'neural_predictor/train.py'
 
 
-@dataclasses.dataclass
-class Settings:
-    epochs: int = 300
-    lr: float = 1e-4
-    weight_decay: float = 1e-3
-    batch_size: int = 10
-    seed: int = 0
-    model: str = 'gcn'  # or 'mlp'
-
-
-def build(settings: Settings, graphs: dataset.Graphs) -> torch.nn.Module:
-    if settings.model == 'mlp':
-        return MLPPredictor(graphs.ops.shape[1], graphs.ops.shape[2])
-    return NeuralPredictor(in_features=graphs.ops.shape[2])
-
-
-def fit(graphs: dataset.Graphs, targets: np.ndarray, settings: Settings, loss: str = 'mse') -> torch.nn.Module:
-    """A predictor trained on ``graphs`` towards ``targets`` (normalised accuracies, or 0/1 with
-    ``loss='bce'``), seeded: the same settings give the same weights."""
-    torch.manual_seed(settings.seed)
-    net = build(settings, graphs)
-    optimizer = torch.optim.Adam(net.parameters(), lr=settings.lr, weight_decay=settings.weight_decay)
-    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, settings.epochs)
-    ops, adj, nv = graphs.tensors()
-    y = torch.as_tensor(np.asarray(targets, np.float32))
-    generator = torch.Generator().manual_seed(settings.seed)
-    batch = min(settings.batch_size, len(graphs))
-    net.train()
-    for _ in range(settings.epochs):
-        order = torch.randperm(len(graphs), generator=generator)
-        for start in range(0, len(order) - batch + 1, batch):  # drop_last
-            idx = order[start:start + batch]
-            out = net(ops[idx], adj[idx], nv[idx])
-            if loss == 'bce':
-                value = F.binary_cross_entropy_with_logits(out, y[idx])
-            else:
-                value = F.mse_loss(out, y[idx])
-            optimizer.zero_grad()
-            value.backward()
-            optimizer.step()
-        schedule.step()
-    return net.eval()
-
-
-@torch.no_grad()
-def predict(net: torch.nn.Module, graphs: dataset.Graphs, batch: int = 4096) -> np.ndarray:
-    net.eval()
-    ops, adj, nv = graphs.tensors()
-    return torch.cat([net(ops[i:i + batch], adj[i:i + batch], nv[i:i + batch])
-                      for i in range(0, len(graphs), batch)]).numpy()
-
-
 def figures(pred_acc: np.ndarray, true_acc: np.ndarray) -> dict:
     return {'mse': mse_percent(pred_acc, true_acc), 'kendall_tau': kendall_tau(pred_acc, true_acc)}
-
-
-def regress(train: dataset.Graphs, evaluate: dataset.Graphs, settings: Settings,
-            norm=(dataset.MEAN, dataset.STD)) -> np.ndarray:
-    """Predicted accuracies (fractions) of ``evaluate`` by a regressor trained on ``train``
-    towards labels normalised by ``norm`` (mean, std): NAS-Bench-101's by default."""
-    mean, std = norm
-    net = fit(train, (train.labels - mean) / std, settings)
-    return predict(net, evaluate) * std + mean
 
 
 def two_stage(train: dataset.Graphs, evaluate: dataset.Graphs, settings: Settings, threshold: float):
@@ -144,33 +80,6 @@ def scatter(pred_acc: np.ndarray, true_acc: np.ndarray, path: str, title: str) -
     plt.close(fig)
 
 
-# --- end-to-end selection -------------------------------------------------------------------------
-
-def predictor_search(table: dataset.Graphs, n_train: int, k: int, settings: Settings,
-                     norm=(dataset.MEAN, dataset.STD)) -> float:
-    """Train on ``n_train`` random cells of ``table``, predict every other cell, look up the top
-    ``k``; the best accuracy among the n_train + k looked up."""
-    rng = np.random.RandomState(settings.seed)
-    order = rng.permutation(len(table))
-    seen, rest = order[:n_train], order[n_train:]
-    pred = regress(table.subset(seen), table.subset(rest), settings, norm)
-    top = rest[np.argsort(-pred, kind='stable')[:k]]
-    return float(table.labels[np.concatenate([seen, top])].max())
-
-
-def random_search(table: dataset.Graphs, budget: int, seed: int) -> float:
-    from neural_predictor.search import random_trajectory
-    return float(table.labels[random_trajectory(table, budget, seed)].max())
-
-
-def regularized_evolution(table: dataset.Graphs, budget: int, seed: int, population: int = 50,
-                          sample: int = 10) -> float:
-    """The best accuracy Real et al.'s aging evolution finds in ``budget`` look-ups
-    (search.evolution_trajectory)."""
-    from neural_predictor.search import evolution_trajectory
-    return float(table.labels[evolution_trajectory(table, budget, seed, population, sample)].max())
-
-
 # --- the command line -------------------------------------------------------------------------------
 
 def parse_args(argv=None):
@@ -193,11 +102,6 @@ def parse_args(argv=None):
     ap.add_argument('--two-stage', nargs='?', type=float, const=0.91, metavar='THRESHOLD',
                     help='classifier of "val accuracy above THRESHOLD" (default 0.91), then the regressor')
     ap.add_argument('--folds', type=int, help='k-fold cross-validation on the train split')
-    ap.add_argument('--select', type=int, metavar='K',
-                    help='end-to-end selection: train on --train-split\'s size of random cells, look up '
-                         'the predicted top K of the eval split, against random search and regularized '
-                         'evolution with as many look-ups')
-    ap.add_argument('--seeds', type=int, nargs='+', help='with --select: the seeds (default: --seed)')
     ap.add_argument('--json', help='write the figures here')
     ap.add_argument('--plot', help='predicted-vs-true scatter PNG (default: beside --json)')
     return ap.parse_args(argv)
@@ -251,22 +155,6 @@ def run(args) -> dict:
         settings = dataclasses.replace(settings, batch_size=len(train))
     result = {'n_train': len(train), 'n_eval': len(evaluate), 'train_split': args.train_split,
               'eval_split': args.eval_split, 'data': args.data, 'settings': dataclasses.asdict(settings)}
-    if args.select:
-        seeds = args.seeds or [args.seed]
-        rows = {'predictor': [], 'random': [], 'evolution': []}
-        for s in seeds:
-            rows['predictor'].append(predictor_search(evaluate, len(train), args.select,
-                                                      dataclasses.replace(settings, seed=s)))
-            rows['random'].append(random_search(evaluate, len(train) + args.select, s))
-            rows['evolution'].append(regularized_evolution(evaluate, len(train) + args.select, s))
-        result['selection'] = {k: {'best': v, 'mean': float(np.mean(v)), 'std': float(np.std(v))}
-                               for k, v in rows.items()}
-        result['selection']['budget'] = len(train) + args.select
-        for k, v in result['selection'].items():
-            if k != 'budget':
-                print(f'{k:10s} best val accuracy found with {len(train) + args.select} look-ups: '
-                      f'{100 * v["mean"]:.2f} +- {100 * v["std"]:.2f} %')
-        return result
     if args.folds:
         result['cross_validation'] = k_fold(train, settings, args.folds)
         cv = result['cross_validation']

@@ -5,8 +5,7 @@ accuracies of all 15,625 cells as the analog-nasbench package ships them.
 
 For each train size (43, 86, 172, 334, 860) and seed (0-4): that many random cells train the GCN
 and, on the same encoding, the MLP; both are scored on all the other cells (Kendall tau, MSE in
-percent squared). Then end-to-end selection: the GCN trained on 172 cells looks up its predicted
-top 100 of the rest, against random search and regularized evolution with the same 272 look-ups.
+percent squared). Searches that use a predictor are compared in neural_predictor/search.py.
 Labels are normalised by the training cells' own mean and std. Each figure is a mean and a spread
 (standard deviation) over the seeds, all measured in this one run.
 """
@@ -20,8 +19,12 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from neural_predictor import dataset  # noqa: E402
-from neural_predictor import train as np_train  # noqa: E402
-from neural_predictor.common import fail, write_json  # noqa: E402
+from neural_predictor import model as np_model  # noqa: E402
+from neural_predictor.common import fail, kendall_tau, mse_percent, write_json  # noqa: E402
+
+
+def figures(pred_acc, true_acc) -> dict:
+    return {'mse': mse_percent(pred_acc, true_acc), 'kendall_tau': kendall_tau(pred_acc, true_acc)}
 
 
 def mean_std(values):
@@ -35,8 +38,6 @@ def main(argv=None) -> int:
     ap.add_argument('--sizes', type=int, nargs='+', default=[43, 86, 172, 334, 860])
     ap.add_argument('--seeds', type=int, nargs='+', default=[0, 1, 2, 3, 4])
     ap.add_argument('--epochs', type=int, default=300, help='default 300 (the reproduction)')
-    ap.add_argument('--select-train', type=int, default=172, help='end-to-end: cells the GCN trains on')
-    ap.add_argument('--select-top', type=int, default=100, help='end-to-end: predicted best looked up')
     ap.add_argument('--threads', type=int, default=1, help='torch threads (small graphs: 1 is fastest)')
     ap.add_argument('--json', help='write the figures here')
     args = ap.parse_args(argv)
@@ -46,10 +47,10 @@ def main(argv=None) -> int:
         table = dataset.read_nb201(args.table)
     except dataset.DataError as e:
         return fail(script, str(e))
-    if max(args.sizes + [args.select_train + args.select_top]) >= len(table):
+    if max(args.sizes) >= len(table):
         return fail(script, f'train sizes must stay below the table\'s {len(table)} cells')
     start = time.perf_counter()
-    result = {'cells': len(table), 'settings': vars(args), 'prediction': [], 'selection': {}}
+    result = {'cells': len(table), 'settings': vars(args), 'prediction': []}
     print(f'NAS-Bench-201 CIFAR-10 (analog-nasbench baseline_accuracy), {len(table)} cells; '
           f'{len(args.seeds)} seeds, {args.epochs} epochs')
     print(f'{"train":>6s}  {"GCN tau":>15s}  {"MLP tau":>15s}  {"GCN MSE":>13s}  {"MLP MSE":>13s}')
@@ -60,10 +61,10 @@ def main(argv=None) -> int:
             for seed in args.seeds:
                 order = np.random.RandomState(seed).permutation(len(table))
                 train, rest = table.subset(order[:n]), table.subset(order[n:])
-                settings = np_train.Settings(epochs=args.epochs, seed=seed, model=model,
+                settings = np_model.Settings(epochs=args.epochs, seed=seed, model=model,
                                              batch_size=min(10, n))
                 norm = (float(train.labels.mean()), float(train.labels.std()) or 1.0)
-                f = np_train.figures(np_train.regress(train, rest, settings, norm), rest.labels)
+                f = figures(np_model.regress(train, rest, settings, norm), rest.labels)
                 taus.append(f['kendall_tau'])
                 mses.append(f['mse'])
             row[model] = {'kendall_tau': mean_std(taus), 'mse': mean_std(mses)}
@@ -73,23 +74,6 @@ def main(argv=None) -> int:
               f'{m["kendall_tau"]["mean"]:.3f} +- {m["kendall_tau"]["std"]:.3f}  '
               f'{g["mse"]["mean"]:6.2f} +- {g["mse"]["std"]:4.2f}  {m["mse"]["mean"]:6.2f} +- {m["mse"]["std"]:4.2f}',
               flush=True)
-    budget = args.select_train + args.select_top
-    best = {'gcn': [], 'random': [], 'evolution': []}
-    for seed in args.seeds:
-        settings = np_train.Settings(epochs=args.epochs, seed=seed)
-        order = np.random.RandomState(seed).permutation(len(table))[:args.select_train]
-        norm = (float(table.labels[order].mean()), float(table.labels[order].std()) or 1.0)
-        best['gcn'].append(np_train.predictor_search(table, args.select_train, args.select_top, settings, norm))
-        best['random'].append(np_train.random_search(table, budget, seed))
-        best['evolution'].append(np_train.regularized_evolution(table, budget, seed))
-    top = float(table.labels.max())
-    result['selection'] = {'budget': budget, 'best_in_table': top,
-                           **{k: mean_std(v) for k, v in best.items()}}
-    print(f'\nend-to-end selection, {budget} look-ups (GCN: {args.select_train} to train on, its top '
-          f'{args.select_top}); best accuracy found (the table\'s best: {100 * top:.2f} %):')
-    for k, label in (('gcn', 'neural predictor'), ('random', 'random search'), ('evolution', 'regularized evolution')):
-        v = result['selection'][k]
-        print(f'  {label:22s} {100 * v["mean"]:.2f} +- {100 * v["std"]:.2f} %')
     result['seconds'] = time.perf_counter() - start
     if args.json:
         write_json(result, args.json)
