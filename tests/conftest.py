@@ -67,3 +67,42 @@ def pytest_collection_modifyitems(config, items):
     for item in items:
         if {'tf', 'small_checkpoint'} & set(getattr(item, 'fixturenames', ())):
             item.add_marker(pytest.mark.tf)
+
+
+class _Call:
+    """Pickles as a call of ``fn(*args)``: what a crafted file makes an unpickler run."""
+
+    def __init__(self, fn, *args):
+        self.fn, self.args = fn, args
+
+    def __call__(self, *a):
+        raise AssertionError('only pickled, never called here')
+
+    def __reduce__(self):
+        return self.fn, self.args
+
+
+@pytest.fixture
+def evil_pickles(tmp_path):
+    """Pickles that would write ``tmp_path / 'ran'`` (or import a module, or reach a function
+    through getattr) when plainly unpickled, each hidden in the dict a table or batch holds:
+    builtins.eval, exec, getattr and __import__, os.system, subprocess, and a call whose function
+    is itself a call (nested reduce). Returns (name -> bytes, the marker path)."""
+    import builtins
+    import pickle
+    import subprocess
+    marker = str(tmp_path / 'ran')
+    write = f"open({marker!r}, 'w').write('x')"
+    payloads = {
+        'eval': _Call(builtins.eval, write),
+        'exec': _Call(builtins.exec, write),
+        'getattr': _Call(builtins.getattr, _Call(builtins.__import__, 'os'), 'system'),
+        '__import__': _Call(builtins.__import__, 'os'),
+        'os.system': _Call(os.system, f'touch {marker}'),
+        'subprocess': _Call(subprocess.check_call, ['touch', marker]),
+        'nested reduce': _Call(_Call(builtins.getattr, _Call(builtins.__import__, 'os'), 'system'),
+                               f'touch {marker}'),
+    }
+    # protocol 2 names builtins '__builtin__' (Python 2's), protocol 4 'builtins': both are tried
+    return {f'{name} (protocol {proto})': pickle.dumps({'data': [1, 2, p], 'labels': [0]}, protocol=proto)
+            for name, p in payloads.items() for proto in (2, 4)}, marker

@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 import torch
 
+import cifar
 import convert
 import genotypes
 import model
@@ -141,3 +142,20 @@ def test_cifar10_bad_copies_get_one_line(tmp_path, capsys):
                          '--no-progress', '--workers', '0'])
     err = capsys.readouterr().err.strip().splitlines()
     assert status == 1 and len(err) == 1 and 'data_batch_3' in err[0] and 'not allowed' in err[0]
+
+
+def test_the_cifar_unpickler_refuses_every_kind_of_payload(tmp_path, evil_pickles):
+    """eval, exec, getattr, __import__, os.system, subprocess and a nested reduce: each refused
+    with one line naming the file and the global, and none of them ran."""
+    payloads, marker = evil_pickles
+    for name, data in payloads.items():
+        path = tmp_path / f'{name}.batch'
+        path.write_bytes(data)
+        with pytest.raises(cifar.CifarError) as err:
+            cifar.read_batch(str(path))
+        message = str(err.value)
+        assert str(path) in message and 'not allowed' in message and '\n' not in message, (name, message)
+        assert not os.path.exists(marker), name
+    for name, data in payloads.items():  # the unpickler itself, not only read_batch's wrapper
+        with pytest.raises(pickle.UnpicklingError, match='not allowed'):
+            cifar.restricted_load(data)

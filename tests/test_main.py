@@ -234,3 +234,19 @@ def test_cuda_settings_for_fast_exact_evaluation():
         (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
          torch.backends.cudnn.allow_tf32) = saved
     assert main.parse_args([]).tf32 is False and main.parse_args(['--tf32']).tf32 is True
+
+
+def test_single_image_path_gives_the_tf_twins_probabilities(valdir, weights, small_checkpoint):
+    """main.py --image as TF-Slim evaluates one image: the 0.875 central crop, the resize to
+    224, the network; its printed top-5 (class and probability) are the TF twin's."""
+    image = os.path.join(valdir, WNIDS[0], sorted(os.listdir(os.path.join(valdir, WNIDS[0])))[0])
+    status, out, _ = run_main('--weights', weights, '--image', image)
+    assert status == 0
+    x = utils.preprocess_for_eval_tf(utils.load_rgb(image), 224, 224)[None]
+    ref = tf_reference.run_checkpoint(small_checkpoint['prefix'], small_checkpoint['config'], x)['logits'][0]
+    probs = np.exp(ref - ref.max()) / np.exp(ref - ref.max()).sum()
+    names = ['background'] + [name for _, name in utils.read_class_names()]
+    printed = [line.split(None, 1) for line in out.strip().splitlines()[1:]]
+    assert [label for _, label in printed] == [names[k] for k in np.argsort(-probs, kind='stable')[:5]]
+    for (p, _), k in zip(printed, np.argsort(-probs, kind='stable')[:5]):
+        assert abs(float(p) - probs[k]) <= 5e-5 + tf_reference.tf_tolerance(1.0), (p, probs[k])

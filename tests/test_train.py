@@ -14,6 +14,7 @@ import torch
 from PIL import Image
 
 import convert
+import genotypes
 import main as main_mod
 import model as model_mod
 import train
@@ -298,3 +299,128 @@ def test_compile_runs_the_step_under_torch_compile_and_saves_the_plain_weights(t
     assert calls and calls[0] == (8, 3, 64, 64)
     saved = model_mod.read_weights(str(out / 'best.pth'))['state_dict']
     assert saved['classifier.weight'].shape == (3, 200) and not [k for k in saved if '_orig_mod' in k]
+
+
+# --- the recipe's formulas, each against TF-Slim's written out here, through the forward pass and
+# the training step a user runs ----------------------------------------------------------------------
+
+def op_masks(net, x):
+    """Runs ``net`` in training mode on ``x`` and returns, for every cell k and op i, the factor
+    each example's op output entered its combination with (solved from the op outputs and the
+    cell's output by least squares): 1 where the op was kept whole, 0 where dropped, 1/keep where
+    drop path kept and rescaled it."""
+    records, handles = {}, []
+    for k, cell in enumerate(net.cells):
+        for i, op in enumerate(cell._ops):
+            handles.append(op.register_forward_hook(
+                lambda m, a, out, k=k, i=i: records.__setitem__((k, i), out.detach().double())))
+        handles.append(cell.register_forward_hook(
+            lambda m, a, out, k=k: records.__setitem__(k, out.detach().double())))
+    net(x)
+    for h in handles:
+        h.remove()
+    masks = {}
+    for k, cell in enumerate(net.cells):
+        width = records[k].shape[1] // len(cell._concat)
+        for c in range(len(cell._ops) // 2):
+            out = records[k][:, cell._concat.index(2 + c) * width:][:, :width].flatten(1)
+            a, b = records[(k, 2 * c)].flatten(1), records[(k, 2 * c + 1)].flatten(1)
+            design = torch.stack([a, b], -1)  # [N, D, 2]
+            solved = torch.linalg.lstsq(design, out[..., None]).solution[..., 0]  # [N, 2]
+            masks[(k, 2 * c)], masks[(k, 2 * c + 1)] = solved[:, 0], solved[:, 1]
+    return masks
+
+
+def test_drop_path_in_the_forward_pass_scales_by_cell_and_spares_the_identity():
+    """TF-Slim (SPEC): keep = 1 - (cell + 1) / total_cells * (1 - keep_prob), the stem cells
+    counted, each example's op output kept whole with probability keep and scaled by 1/keep;
+    the identity ('none', here skip_connect) never dropped."""
+    torch.manual_seed(0)
+    config = model_mod.PNASNetConfig.mobile(num_conv_filters=8, num_cells=3)
+    net = model_mod.NetworkImageNet(config).train()
+    net.drop_path_prob = 0.5  # = 1 - keep_prob, after the ramp
+    masks = op_masks(net, torch.randn(48, 3, 40, 40))
+    total = config.num_cells + 2
+    genotype = genotypes.get(config.genotype)
+    seen_identity = 0
+    for k, cell in enumerate(net.cells):
+        keep = 1 - (k + 1) / total * 0.5
+        for i, (name, _) in enumerate(genotype.reduce if cell.reduction else genotype.normal):
+            m = masks[(k, i)]
+            if name == 'skip_connect':
+                seen_identity += 1
+                assert torch.allclose(m, torch.ones_like(m), atol=1e-6), (k, i)
+                continue
+            kept = m.abs() > 1e-6
+            assert torch.allclose(m[kept], torch.full_like(m[kept], 1 / keep), atol=1e-5), (k, i, m[kept][:3], keep)
+            assert 0 < int(kept.sum()) < len(m) or keep > 0.9, (k, i)  # some dropped, some kept
+    assert seen_identity > 0
+
+
+def test_the_training_step_smooths_labels_and_adds_the_aux_loss_at_0_4():
+    """train_step's losses against cross entropy written out: smoothed targets (1 - e) on the
+    label plus e / K on every class (e = 0.1, the recipe's), aux logits weighted 0.4."""
+    torch.manual_seed(0)
+    config = model_mod.PNASNetConfig.mobile(num_conv_filters=8, num_cells=3, num_classes=5,
+                                            auxiliary=True, image_size=128)
+    net = model_mod.NetworkImageNet(config).train()
+    args = train.parse_args(['--data', 'x'])
+    train.fill_defaults(args)
+    outputs = []
+    net.register_forward_hook(lambda m, a, out: outputs.append(out))
+    optimizer = train.make_optimizer(train.param_groups(net, args.weight_decay), args)
+    scaler = torch.amp.GradScaler('cpu', enabled=False)
+    x, y = torch.randn(6, 3, 128, 128), torch.tensor([0, 1, 2, 3, 4, 1])
+    total, main_loss, aux_loss = (float(v.detach()) for v in train.train_step(net, optimizer, scaler, x, y, args))
+    logits, logits_aux = outputs[0]
+
+    def smoothed_ce(z, eps=0.1):
+        logp = torch.log_softmax(z.detach().double(), 1)
+        return float((-(1 - eps) * logp[torch.arange(len(y)), y] - eps / z.shape[1] * logp.sum(1)).mean())
+    assert main_loss == pytest.approx(smoothed_ce(logits), rel=1e-5)
+    assert aux_loss == pytest.approx(smoothed_ce(logits_aux), rel=1e-5)
+    assert total == pytest.approx(smoothed_ce(logits) + 0.4 * smoothed_ce(logits_aux), rel=1e-5)
+    assert abs(smoothed_ce(logits) - smoothed_ce(logits, 0.0)) > 1e-3  # smoothing changes the number
+
+
+def test_ema_averages_with_tf_slims_warmup():
+    """TF's ExponentialMovingAverage(decay, num_updates): decay_t = min(decay, (1 + t) / (10 + t)),
+    shadow = decay_t * shadow + (1 - decay_t) * value, from the weights it started with."""
+    torch.manual_seed(1)
+    net = torch.nn.Sequential(torch.nn.Linear(3, 4), torch.nn.BatchNorm1d(4))
+    ema = train.EMA(net, 0.999)
+    shadow = {k: v.detach().clone().double() for k, v in net.state_dict().items() if v.dtype.is_floating_point}
+    for t in range(1, 8):
+        with torch.no_grad():
+            for p in net.parameters():
+                p.add_(torch.randn_like(p))
+        net(torch.randn(5, 3))  # moves the BN statistics too
+        ema.update(net)
+        d = min(0.999, (1 + t) / (10 + t))
+        for k, v in net.state_dict().items():
+            if k in shadow:
+                shadow[k] = d * shadow[k] + (1 - d) * v.detach().double()
+    got = ema.module.state_dict()
+    for k, v in shadow.items():
+        assert torch.allclose(got[k].double(), v, atol=1e-5), k
+
+
+def test_lr_schedules_follow_tf_slims_formulas_at_every_step():
+    """TF-Slim's exponential_decay(staircase=True): lr * rate ** floor(step / decay_steps) with
+    decay_steps = int(steps_per_epoch * epochs_per_decay); a linear warmup before it; a cosine
+    0.5 (1 + cos(pi t / T)) over the steps after the warmup."""
+    import math
+    args = train.parse_args(['--data', 'x', '--epochs', '20'])
+    train.fill_defaults(args)
+    steps_per_epoch, decay_steps = 10, int(10 * args.decay_epochs)
+    for step in range(200):
+        assert train.lr_factor(step, steps_per_epoch, args) == pytest.approx(
+            args.decay_rate ** (step // decay_steps), rel=1e-12), step
+    args.warmup_epochs = 2
+    for step in range(200):
+        want = (step + 1) / 20 if step < 20 else args.decay_rate ** ((step - 20) // decay_steps)
+        assert train.lr_factor(step, steps_per_epoch, args) == pytest.approx(want, rel=1e-12), step
+    args.schedule, args.warmup_epochs = 'cosine', 0
+    for step in range(0, 200, 7):
+        want = 0.5 * (1 + math.cos(math.pi * step / 200))
+        assert train.lr_factor(step, steps_per_epoch, args) == pytest.approx(want, rel=1e-9, abs=1e-12), step

@@ -25,7 +25,7 @@ def test_preprocess_for_eval_equals_tf_on_many_shapes(tf):
             inexact += int((mine != ref).sum())
             total += mine.size
     print(f'preprocess_for_eval vs TF: max|d| = {worst:.3g}, inexact values: {inexact} of {total}')
-    assert worst <= 1e-6
+    assert inexact == 0 and worst == 0.0  # bit for bit: not one value may differ
 
 
 def test_central_crop_box_matches_tf_integer_arithmetic():
