@@ -21,7 +21,9 @@ SCRIPTS = {'benchmark.py': 'docs/performance.md', 'convert.py': 'docs/conversion
            'neural_predictor/search.py': 'docs/neural-predictor.md',
            'neural_predictor/tools/nasbench_tfrecord_converter.py': 'docs/neural-predictor.md',
            'neural_predictor/tools/nb201_experiments.py': 'docs/neural-predictor.md',
-           'neural_predictor/tools/split_train_val.py': 'docs/neural-predictor.md'}
+           'neural_predictor/tools/split_train_val.py': 'docs/neural-predictor.md',
+           'neural_predictor/tools/nb201_table.py': 'docs/neural-predictor.md',
+           'tests/mutations.py': 'docs/tests.md'}
 COMMAND = re.compile(r'^(?:[A-Z_]+=\S+ )*(?:python3?|torchrun) ')
 
 
