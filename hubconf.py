@@ -54,7 +54,7 @@ def _timm_entrypoint(name: str, preset: str):
                cache_dir=None, num_classes: int = 1001, global_pool: str = 'avg',
                features_only: bool = False, out_indices: Optional[Sequence[int]] = None,
                drop_rate: Optional[float] = None, drop_path_rate: Optional[float] = None,
-               **config) -> model.NetworkImageNet:
+               device=None, dtype=None, **config) -> model.NetworkImageNet:
         if pretrained:
             raise ValueError(f'{name}: timm fetches no weights for this port; convert the official '
                              f'checkpoint with convert.py and load it with model.load_pretrained')
@@ -65,8 +65,9 @@ def _timm_entrypoint(name: str, preset: str):
         if drop_path_rate is not None:
             config['drop_path_prob'] = drop_path_rate
         cfg = getattr(model.PNASNetConfig, preset)(num_classes=num_classes, **config)
-        return model.build_network(cfg, features_only=features_only, out_indices=out_indices,
-                                   global_pool=global_pool)
+        net = model.build_network(cfg, features_only=features_only, out_indices=out_indices,
+                                  global_pool=global_pool)
+        return net.to(device=device, dtype=dtype) if device is not None or dtype is not None else net
     create.__name__ = create.__qualname__ = name
     create.__module__ = __name__
     return create

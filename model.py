@@ -303,6 +303,7 @@ class NetworkImageNet(nn.Module):
             self.cells.append(cell)
             C_prev_prev, C_prev, reduction_prev = C_prev, cell.multiplier * C, reduction
         self.num_features = self.head_hidden_size = C_prev
+        self.in_chans = 3  # timm reads the input channels here
         self.num_classes = config.num_classes
         self.global_pool = global_pool
         # multi-scale taps, where timm hooks its pnasnet5large: conv0 (BN output, stride 2),
