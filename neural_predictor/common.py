@@ -55,3 +55,8 @@ def mse_percent(pred_acc, true_acc) -> float:
     """Mean squared error of accuracies in percent (percent squared), as the paper reports it."""
     d = (np.asarray(pred_acc, np.float64) - np.asarray(true_acc, np.float64)) * 100.0
     return float(np.mean(d * d))
+
+
+def figures(pred_acc, true_acc) -> dict:
+    """MSE in percent squared and Kendall tau of predicted against true accuracies."""
+    return {'mse': mse_percent(pred_acc, true_acc), 'kendall_tau': kendall_tau(pred_acc, true_acc)}

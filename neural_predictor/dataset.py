@@ -59,11 +59,6 @@ class Graphs:
                       None if self.names is None else [self.names[i] for i in index],
                       None if self.metrics is None else {k: v[index] for k, v in self.metrics.items()})
 
-    def keys(self) -> List[tuple]:
-        """Each cell as a tuple (its node types, then its adjacency): equal cells, equal keys."""
-        flat = np.concatenate([self.ops.argmax(-1), self.adjacency.reshape(len(self), -1)], 1)
-        return [tuple(int(v) for v in row) for row in flat]
-
     def tensors(self, device='cpu'):
         return (torch.from_numpy(self.ops).to(device), torch.from_numpy(self.adjacency).to(device),
                 torch.from_numpy(self.num_vertices).to(device))

@@ -1,17 +1,14 @@
-"""Architecture search on a table of trained cells: which cells to train next, and how many
-trainings a method needs for the same result.
+"""Architecture search on a table of trained architectures: which ones to train next, and how
+many trainings a method needs for the same result.
 
     python neural_predictor/search.py --seeds 20 --budget 300 --json search.json --plot search.png
+    python neural_predictor/search.py --table T.jsonl --metric valid --report test --methods random evolution local predictor --json out.json
 
-draws best accuracy found against look-ups (a look-up stands for one trained cell) for random
-search, regularized evolution (Real et al.), the paper's one-shot predictor (train the GCN on 50
-random cells, then look up its top predictions in order) and the predictor-guided loop of
-``guided_search``: an ensemble of small networks on the cells looked up so far, an upper-confidence
-acquisition (mean + 1.5 x spread) over candidates made by mutating the best cells found and
-drawn at random, ten look-ups a round, retrained after each. The table is the NAS-Bench-201 one that analog-nasbench
-ships unless ``--data``/``--splits`` (NAS-Bench-101 in the HDF5 layout) or ``--table`` (this
-project's genotypes) say otherwise. Every method runs against a ``dataset.Graphs`` table through
-one function that returns the cells it looked up, in order.
+draws the best metric found against look-ups (a look-up stands for one training) for the methods
+of ``strategies.py``: random search, regularized evolution, local search, the paper's one-shot
+predictor and the predictor-guided local search. The table is NAS-Bench-201's (analog-nasbench)
+unless ``--data``/``--splits`` (NAS-Bench-101 in the HDF5 layout) or ``--table`` (JSON lines of
+any space, or this project's genotype rows) say otherwise.
 """
 import argparse
 import os
@@ -70,18 +67,18 @@ def reach_stats(reach: List[Optional[int]]) -> dict:
     return {'median': at(50), 'p90': at(90), 'reached': int(np.isfinite(values).sum()), 'seeds': len(reach)}
 
 
-_TABLE = None
+_TABLE = _NEIGHBOURS = None
 
 
 def _init_worker(table):
-    global _TABLE
-    _TABLE = table
+    global _TABLE, _NEIGHBOURS
+    _TABLE, _NEIGHBOURS = table, strategies.Neighbours(table)  # its distance cache serves every run
     torch.set_num_threads(1)
 
 
 def _one_run(job):
     method, budget, seed = job
-    return method, seed, strategies.run(method, _TABLE, budget, seed)
+    return method, seed, strategies.run(method, _TABLE, budget, seed, _NEIGHBOURS)
 
 
 def compare(table: dataset.Graphs, seeds: int, budget: int, methods=METHODS, workers: int = 2,
@@ -113,8 +110,8 @@ def compare(table: dataset.Graphs, seeds: int, budget: int, methods=METHODS, wor
         to_top10 = [to_top(table, t, 10) for t in looked]
         row = {'mean': curves.mean(0).tolist(), 'std': curves.std(0).tolist(),
                'to_best': to_best, 'to_top10': to_top10,
-               'to_best_stats': reach_stats(to_best), 'to_top10_stats': reach_stats(to_top10),
-               'to_top10_median': reach_stats(to_top10)['median']}
+               'to_best_stats': reach_stats(to_best), 'to_top10_stats': reach_stats(to_top10)}
+        row['to_top10_median'] = row['to_top10_stats']['median']
         if report is not None:
             reports = np.array([report_curve(table, t, budgets, report) for t in looked])
             with np.errstate(all='ignore'):
@@ -235,8 +232,8 @@ def is_genotype_table(path: str) -> bool:
 
 def print_result(result: dict, metric: str, scale: float) -> None:
     unit = ' %' if scale == 100.0 else ''
-    print(f'mean best {metric} found{unit.strip() and " (%)"} at each budget; look-ups to a top-10 row: median, '
-          f'90th percentile, seeds that got there')
+    print(f'mean best {metric} found{" (%)" if unit else ""} at each budget; look-ups to a top-10 row: '
+          f'median, 90th percentile, seeds that got there')
     print(f'{"method":10s} ' + ' '.join(f'{b:>7d}' for b in result['budgets']) + '   median    p90  reached')
     for name, r in result['methods'].items():
         st = r['to_top10_stats']

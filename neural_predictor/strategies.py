@@ -217,7 +217,7 @@ def ensemble_scores(x_train: torch.Tensor, y: np.ndarray, x_cands: torch.Tensor,
 
 def guided_search(table: dataset.Graphs, budget: int, seed: int, initial: int = 10, refit: int = 10,
                   explore: float = 1.5, neighbours: Optional[Neighbours] = None,
-                  x: Optional[torch.Tensor] = None, surrogate: Callable = ensemble) -> List[int]:
+                  surrogate: Callable = ensemble) -> List[int]:
     """The rows looked up, in order, by the predictor-guided loop: a local search whose every step
     the predictor chooses. After ``initial`` random rows, an ensemble (``fit_ensemble``,
     retrained on the rank of every row looked up so far after each ``refit`` look-ups) orders the
@@ -234,7 +234,7 @@ def guided_search(table: dataset.Graphs, budget: int, seed: int, initial: int = 
     changes but that property does not."""
     rng = np.random.RandomState(seed)
     neighbours = neighbours or Neighbours(table)
-    x = features(table) if x is None else x
+    x = torch.from_numpy(neighbours.bits)  # the rows' features, as Neighbours measures them
     budget = min(budget, len(table))
     looked = [int(i) for i in rng.permutation(len(table))[:min(initial, budget)]]
     seen = set(looked)
@@ -266,7 +266,11 @@ STRATEGIES = {'random': random_search, 'evolution': evolution, 'local': local_se
               'one_shot': one_shot, 'predictor': guided_search}
 
 
-def run(method: str, table: dataset.Graphs, budget: int, seed: int) -> List[int]:
+def run(method: str, table: dataset.Graphs, budget: int, seed: int,
+        neighbours: Optional[Neighbours] = None) -> List[int]:
+    """``method``'s look-ups; ``neighbours`` (the table's) can be shared by many runs."""
     if method not in STRATEGIES:
         raise ValueError(f'unknown method {method!r}; one of {sorted(STRATEGIES)}')
+    if method in ('evolution', 'local', 'predictor'):
+        return STRATEGIES[method](table, budget, seed, neighbours=neighbours)
     return STRATEGIES[method](table, budget, seed)

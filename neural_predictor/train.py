@@ -20,14 +20,10 @@ import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from neural_predictor import dataset  # noqa: E402
-from neural_predictor.common import fail, kendall_tau, mse_percent, write_atomic, write_json  # noqa: E402
+from neural_predictor.common import fail, figures, write_atomic, write_json  # noqa: E402
 from neural_predictor.model import Settings, fit, predict, regress  # noqa: E402
 
 SCRIPT = 'neural_predictor/train.py'
-
-
-def figures(pred_acc: np.ndarray, true_acc: np.ndarray) -> dict:
-    return {'mse': mse_percent(pred_acc, true_acc), 'kendall_tau': kendall_tau(pred_acc, true_acc)}
 
 
 def two_stage(train: dataset.Graphs, evaluate: dataset.Graphs, settings: Settings, threshold: float):

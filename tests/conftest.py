@@ -106,3 +106,18 @@ def evil_pickles(tmp_path):
     # protocol 2 names builtins '__builtin__' (Python 2's), protocol 4 'builtins': both are tried
     return {f'{name} (protocol {proto})': pickle.dumps({'data': [1, 2, p], 'labels': [0]}, protocol=proto)
             for name, p in payloads.items() for proto in (2, 4)}, marker
+
+
+def assert_every_payload_refused(load, error, payloads, marker, folder, suffix):
+    """``load(path)`` of each payload written to ``folder`` raises ``error`` with one line naming
+    the file and 'not allowed', and no payload ran (``marker`` was never written)."""
+    import pytest
+    for name, data in payloads.items():
+        path = os.path.join(str(folder), f'evil{suffix}')
+        with open(path, 'wb') as f:
+            f.write(data)
+        with pytest.raises(error) as err:
+            load(path)
+        message = str(err.value)
+        assert path in message and 'not allowed' in message and '\n' not in message, (name, message)
+        assert not os.path.exists(marker), name

@@ -13,7 +13,7 @@ import convert
 import genotypes
 import model
 import tf_reference
-from conftest import aux_logits, within_tf_bound
+from conftest import assert_every_payload_refused, aux_logits, within_tf_bound
 from model import PNASNetConfig
 
 
@@ -148,14 +148,7 @@ def test_the_cifar_unpickler_refuses_every_kind_of_payload(tmp_path, evil_pickle
     """eval, exec, getattr, __import__, os.system, subprocess and a nested reduce: each refused
     with one line naming the file and the global, and none of them ran."""
     payloads, marker = evil_pickles
-    for name, data in payloads.items():
-        path = tmp_path / f'{name}.batch'
-        path.write_bytes(data)
-        with pytest.raises(cifar.CifarError) as err:
-            cifar.read_batch(str(path))
-        message = str(err.value)
-        assert str(path) in message and 'not allowed' in message and '\n' not in message, (name, message)
-        assert not os.path.exists(marker), name
+    assert_every_payload_refused(cifar.read_batch, cifar.CifarError, payloads, marker, tmp_path, '.batch')
     for name, data in payloads.items():  # the unpickler itself, not only read_batch's wrapper
         with pytest.raises(pickle.UnpicklingError, match='not allowed'):
             cifar.restricted_load(data)

@@ -17,6 +17,7 @@ import pytest
 import torch
 
 import genotypes
+from conftest import assert_every_payload_refused
 from neural_predictor import dataset
 from neural_predictor import train as np_train
 from neural_predictor.model import MLPPredictor, NeuralPredictor
@@ -388,11 +389,4 @@ def test_search_command_reads_a_genotype_table(tmp_path):
 
 def test_the_nb201_unpickler_refuses_every_kind_of_payload(tmp_path, evil_pickles):
     payloads, marker = evil_pickles
-    for name, data in payloads.items():
-        path = tmp_path / 'evil.anb'
-        path.write_bytes(data)
-        with pytest.raises(dataset.DataError) as err:
-            dataset.read_nb201(str(path))
-        message = str(err.value)
-        assert str(path) in message and 'not allowed' in message and '\n' not in message, (name, message)
-        assert not os.path.exists(marker), name
+    assert_every_payload_refused(dataset.read_nb201, dataset.DataError, payloads, marker, tmp_path, '.anb')

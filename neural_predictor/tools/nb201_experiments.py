@@ -20,11 +20,7 @@ import torch
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
 from neural_predictor import dataset  # noqa: E402
 from neural_predictor import model as np_model  # noqa: E402
-from neural_predictor.common import fail, kendall_tau, mse_percent, write_json  # noqa: E402
-
-
-def figures(pred_acc, true_acc) -> dict:
-    return {'mse': mse_percent(pred_acc, true_acc), 'kendall_tau': kendall_tau(pred_acc, true_acc)}
+from neural_predictor.common import fail, figures, write_json  # noqa: E402
 
 
 def mean_std(values):
