@@ -11,7 +11,7 @@ import argparse
 import os
 import sys
 import time
-from typing import List, Tuple
+from typing import List
 
 import numpy as np
 import torch
@@ -20,6 +20,8 @@ import torch.distributed as dist
 import engine
 import model as model_mod
 import utils
+from runtime import (UserError, autocast, end_processes, resolve_precision, setup_cuda,
+                     start_processes)
 
 
 def parse_args(argv=None):
@@ -64,48 +66,6 @@ def parse_args(argv=None):
     return ap.parse_args(argv)
 
 
-class UserError(RuntimeError):
-    """A problem the user can fix: printed as one line, exit status 1."""
-
-
-def pick_device(name: str) -> torch.device:
-    if name == 'cuda' and not torch.cuda.is_available():
-        raise UserError('--device cuda: no CUDA device is available; use --device cpu or auto')
-    if name == 'auto':
-        name = 'cuda' if torch.cuda.is_available() else 'cpu'
-    return torch.device(name)
-
-
-CPU_NATIVE = {'bf16': ('bfloat16', 'AVX512_BF16 nor AMX', 'cpu_has_native_bf16'),
-              'fp16': ('float16', 'AVX512_FP16 nor AMX-FP16', 'cpu_has_native_fp16')}
-
-
-def resolve_precision(device: torch.device, precision: str, warn=None) -> str:
-    """The precision to run: ``precision``, except bf16 or fp16 on a CPU that lacks it natively,
-    where oneDNN emulates it an order of magnitude slower than fp32: then one warning line, and
-    fp32."""
-    if device.type == 'cpu' and precision in CPU_NATIVE:
-        dtype, units, native = CPU_NATIVE[precision]
-        if not getattr(engine, native)():
-            (warn or _warn)(f'--precision {precision}: this CPU has no native {dtype} (oneDNN '
-                            f'finds neither {units}), where {precision} runs an order of '
-                            f'magnitude slower than fp32; running fp32 instead (exact, and faster)')
-            return 'fp32'
-    return precision
-
-
-def _warn(message: str) -> None:
-    print(f'main.py: warning: {message}', file=sys.stderr, flush=True)
-
-
-def setup_cuda(allow_tf32: bool) -> None:
-    """What fast GPU evaluation sets: cuDNN picks the fastest kernels for the fixed batch shape;
-    TF32 stays off unless asked for, since it changes fp32's logits."""
-    torch.backends.cudnn.benchmark = True
-    torch.backends.cuda.matmul.allow_tf32 = allow_tf32
-    torch.backends.cudnn.allow_tf32 = allow_tf32
-
-
 def load_model(weights: str, device: torch.device, plain: bool = False, compile: bool = False):
     """The network of ``weights`` on ``device``: as converted with ``plain``, else the fastest
     exact path (``engine.InferenceModel``, logits within 1e-4 of the plain model)."""
@@ -123,13 +83,6 @@ def load_model(weights: str, device: torch.device, plain: bool = False, compile:
     return fast
 
 
-def autocast(device: torch.device, precision: str):
-    if precision == 'fp32':
-        return torch.autocast(device.type, enabled=False)
-    dtype = torch.bfloat16 if precision == 'bf16' else torch.float16
-    return torch.autocast(device.type, dtype=dtype)
-
-
 def class_logits(logits: torch.Tensor) -> torch.Tensor:
     """ImageNet class k is logit k + 1 of the 1001-way checkpoint (0 is background)."""
     return logits[:, 1:] if logits.shape[1] == 1001 else logits
@@ -144,6 +97,11 @@ def check_output_paths(args) -> None:
 
 
 # --- the evaluation --------------------------------------------------------------------------------
+
+def progress_bar(total: int):
+    from tqdm import tqdm
+    return tqdm(total=total, unit='img', dynamic_ncols=True, file=sys.stderr)
+
 
 def evaluate(net, samples, args, device, rank: int = 0, world: int = 1) -> dict:
     """Runs this process's share of ``samples``; returns its per-image records and features.
@@ -163,10 +121,7 @@ def evaluate(net, samples, args, device, rank: int = 0, world: int = 1) -> dict:
                      else torch.contiguous_format)
     records, feats, bad = [], [], []
     counts = {'c1': 0, 'c5': 0, 'seen': 0}
-    bar = None
-    if rank == 0 and not args.no_progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(samples), unit='img', dynamic_ncols=True, file=sys.stderr)
+    bar = progress_bar(len(samples)) if rank == 0 and not args.no_progress else None
     start = time.perf_counter()
 
     def consume(batch) -> None:
@@ -282,26 +237,6 @@ def classify_images(net, paths, args, device) -> None:
             else:
                 label = names[k] if probs.numel() == 1000 else f'class {k}'
             print(f'  {float(p):.4f}  {label}')
-
-
-def start_processes(name: str) -> Tuple[torch.device, int, int]:
-    """(device, rank, world size) of this process: under torchrun, the process group is joined
-    (NCCL on GPUs, one GPU a process by LOCAL_RANK; gloo on the CPU); alone, rank 0 of 1."""
-    world = int(os.environ.get('WORLD_SIZE', '1'))
-    rank = int(os.environ.get('RANK', '0'))
-    device = pick_device(name)
-    if world > 1:
-        if device.type == 'cuda':
-            local = int(os.environ.get('LOCAL_RANK', '0'))
-            torch.cuda.set_device(local)
-            device = torch.device('cuda', local)
-        dist.init_process_group('nccl' if device.type == 'cuda' else 'gloo')
-    return device, rank, world
-
-
-def end_processes() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
 
 
 def run(args) -> int:

@@ -13,6 +13,7 @@ from PIL import Image
 
 import convert
 import main
+import runtime
 import tf_reference
 import utils
 from conftest import within_tf_bound
@@ -64,6 +65,7 @@ def test_decoding_grayscale_cmyk_and_png_inside_jpeg(valdir):
         assert img.dtype == np.uint8 and img.ndim == 3 and img.shape[2] == 3
 
 
+@pytest.mark.quick
 def test_labels_come_from_the_canonical_wnid_list(valdir):
     samples, classes, how = utils.find_images(valdir)
     assert how == 'wnid' and classes == WNIDS
@@ -122,6 +124,7 @@ def test_torchrun_two_processes_give_the_same_totals(valdir, weights, tmp_path):
     assert two['per_image'] == one['per_image'] and len(two['per_image']) == 13
 
 
+@pytest.mark.quick
 def test_limit_and_single_images(valdir, weights):
     status, out, _ = run_main('--valdir', valdir, '--weights', weights, '--workers', '0', '--limit', '5')
     assert status == 0 and out.strip().splitlines()[-1].startswith('Test: [5/5]\tPrec@1 ')
@@ -133,6 +136,7 @@ def test_limit_and_single_images(valdir, weights):
     assert probs == sorted(probs, reverse=True) and 0 < sum(probs) <= 1.0001
 
 
+@pytest.mark.quick
 def test_bad_inputs_give_one_clear_message(valdir, weights, tmp_path):
     status, _, err = run_main('--valdir', str(tmp_path / 'nope'), '--weights', weights)
     assert status == 1 and 'no such folder' in err
@@ -211,24 +215,25 @@ def test_low_precision_on_a_cpu_without_it_warns_once_and_runs_fp32(valdir, weig
 
 @pytest.mark.parametrize('precision, native', [('bf16', True), ('bf16', False), ('fp16', False),
                                                ('fp32', False)])
+@pytest.mark.quick
 def test_resolve_precision_keeps_what_the_cpu_has(monkeypatch, precision, native):
-    monkeypatch.setattr(main.engine, 'cpu_has_native_bf16', lambda: native)
-    monkeypatch.setattr(main.engine, 'cpu_has_native_fp16', lambda: native)
+    monkeypatch.setattr(runtime, 'cpu_has_native_bf16', lambda: native)
+    monkeypatch.setattr(runtime, 'cpu_has_native_fp16', lambda: native)
     said = []
-    got = main.resolve_precision(torch.device('cpu'), precision, warn=said.append)
+    got = runtime.resolve_precision(torch.device('cpu'), precision, warn=said.append)
     expected = precision if native or precision == 'fp32' else 'fp32'
     assert got == expected and len(said) == (expected != precision)
-    assert main.resolve_precision(torch.device('cuda'), precision, warn=said.append) == precision
+    assert runtime.resolve_precision(torch.device('cuda'), precision, warn=said.append) == precision
 
 
 def test_cuda_settings_for_fast_exact_evaluation():
     saved = (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
              torch.backends.cudnn.allow_tf32)
     try:
-        main.setup_cuda(allow_tf32=False)
+        runtime.setup_cuda(allow_tf32=False)
         assert torch.backends.cudnn.benchmark is True
         assert not torch.backends.cuda.matmul.allow_tf32 and not torch.backends.cudnn.allow_tf32
-        main.setup_cuda(allow_tf32=True)
+        runtime.setup_cuda(allow_tf32=True)
         assert torch.backends.cuda.matmul.allow_tf32 and torch.backends.cudnn.allow_tf32
     finally:
         (torch.backends.cudnn.benchmark, torch.backends.cuda.matmul.allow_tf32,
