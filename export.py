@@ -14,7 +14,6 @@ temporary name and renamed only then.
 import argparse
 import os
 import sys
-import tempfile
 import warnings
 
 import numpy as np
@@ -43,9 +42,8 @@ class Logits(torch.nn.Module):
 
 def test_inputs(size: int, batches) -> list:
     """Smooth random images in [-1, 1], as the preprocessing gives, one batch per size asked."""
-    import tf_reference  # its calibration images need no TensorFlow
-    return [torch.from_numpy(tf_reference.calibration_images(size, n=n, seed=n).transpose(0, 3, 1, 2).copy())
-            for n in batches]
+    import tf_reference  # its check images need no TensorFlow
+    return [tf_reference.check_images(size, n=n, seed=n)[1] for n in batches]
 
 
 def _max_diff(got: np.ndarray, want: np.ndarray) -> float:
@@ -65,11 +63,7 @@ def export_onnx(net: model_mod.NetworkImageNet, path: str, size: int, batch: int
         raise ExportError('checking an ONNX export needs onnxruntime (pip install -r requirements.txt)') from None
     wrapper = Logits(net).eval()
     x = test_inputs(size, [batch])[0]
-    folder = os.path.dirname(os.path.abspath(path))
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.onnx', dir=folder)
-    os.close(fd)
-    try:
+    with utils.atomic_path(path, suffix='.onnx') as tmp:
         dynamic = ({0: torch.export.Dim('batch', min=1)},) if dynamic_batch else None
         with torch.no_grad():
             program = torch.onnx.export(wrapper, (x,), None, input_names=['input'],
@@ -88,11 +82,7 @@ def export_onnx(net: model_mod.NetworkImageNet, path: str, size: int, batch: int
                 raise ExportError(f'the ONNX graph differs from PyTorch by {d:.3g} at '
                                   f'{tuple(inp.shape)} (> {_tolerance(want):.3g}); nothing was written')
             worst = max(worst, d)
-        os.replace(tmp, path)
-        return worst
-    finally:
-        if os.path.exists(tmp):
-            os.remove(tmp)
+    return worst
 
 
 def export_torchscript(net: model_mod.NetworkImageNet, path: str, size: int, batch: int = 1,

@@ -4,9 +4,11 @@
 bit: the same float32 operations in the same order, so the evaluation needs no TensorFlow. ``preprocess_for_eval_tf`` keeps the TensorFlow original for comparison.
 """
 import argparse
+import contextlib
 import ctypes
 import json
 import os
+import re
 import sys
 import tempfile
 from typing import BinaryIO, Callable, List, Optional, Sequence, Tuple
@@ -22,23 +24,45 @@ IMAGE_EXTENSIONS = ('.jpeg', '.jpg', '.png', '.ppm', '.bmp', '.pgm', '.tif', '.t
 
 # --- files ----------------------------------------------------------------------------------------
 
-def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
-    """Calls ``write(file)`` on a temporary file beside ``path``, then renames it over ``path``:
-    a reader never sees a half-written file, and a failed write leaves what was there."""
+# Every file the project writes goes through these: a temporary file beside the target, renamed
+# over it when complete. A reader never sees half a file, a failed write leaves what was there,
+# and the file gets the permissions the umask gives a new file (not mkstemp's 0600).
+
+def temporary_beside(path: str, suffix: str = '.tmp') -> str:
+    """The name of a new, empty temporary file in ``path``'s folder (made if need be)."""
     folder = os.path.dirname(os.path.abspath(path))
     os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix='.tmp', dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix='.' + os.path.basename(path) + '.', suffix=suffix, dir=folder)
+    os.close(fd)
+    return tmp
+
+
+def publish(tmp: str, path: str) -> None:
+    """Gives ``tmp`` the umask's permissions and renames it over ``path``."""
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(tmp, 0o666 & ~umask)
+    os.replace(tmp, path)
+
+
+@contextlib.contextmanager
+def atomic_path(path: str, suffix: str = '.tmp'):
+    """Yields a temporary file name beside ``path`` for writers that take a name (ONNX, HDF5);
+    published as ``path`` when the body ends, removed if it raises."""
+    tmp = temporary_beside(path, suffix)
     try:
-        with os.fdopen(fd, 'wb') as f:
-            write(f)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp's 0600 would hide the file from everyone else
-        os.replace(tmp, path)
-    except BaseException:
+        yield tmp
+        publish(tmp, path)
+    finally:
         if os.path.exists(tmp):
             os.remove(tmp)
-        raise
+
+
+def write_atomic(path: str, write: Callable[[BinaryIO], None]) -> None:
+    """Calls ``write(file)`` on an open binary file that becomes ``path`` once complete."""
+    with atomic_path(path) as tmp:
+        with open(tmp, 'wb') as f:
+            write(f)
 
 
 def save_json(obj, path: str) -> None:
@@ -119,7 +143,6 @@ def preprocess_for_eval(image: np.ndarray, height: int, width: int,
 def preprocess_for_eval_tf(image: np.ndarray, height: int, width: int,
                            central_fraction: float = 0.875) -> np.ndarray:
     """The TensorFlow original (inception_preprocessing.preprocess_for_eval), eagerly."""
-    from tf_reference import import_tf
     tf = import_tf()
     x = tf.image.convert_image_dtype(tf.constant(np.asarray(image)), tf.float32)
     if central_fraction:
@@ -127,6 +150,50 @@ def preprocess_for_eval_tf(image: np.ndarray, height: int, width: int,
     if height and width:
         x = tf.compat.v1.image.resize_bilinear(x[None], [height, width], align_corners=False)[0]
     return ((x - 0.5) * 2.0).numpy()
+
+
+# --- TensorFlow, quietly ---------------------------------------------------------------------------
+
+# TensorFlow's start-up notices. The oneDNN one ("oneDNN custom operations are on", from port.cc,
+# twice: once per shared library) is written by absl before absl::InitializeLog(), straight to
+# file descriptor 2 and whatever TF_CPP_MIN_LOG_LEVEL says; TF prints it where it turns oneDNN on,
+# by default on AVX-512 CPUs and with TF_ENABLE_ONEDNN_OPTS=1 anywhere.
+TF_STARTUP_LINE = re.compile(
+    r'All log messages before absl::InitializeLog\(\) is called'
+    r'|^[IW]\d{4} [\d:. ]+\d+ (port|cpu_feature_guard|mlir_graph_optimization_pass)\.cc:\d+\]'
+    r'|^To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler')
+
+
+@contextlib.contextmanager
+def tf_startup_filtered():
+    """Runs its body with file descriptor 2 sent to a temporary file, then writes what came there
+    back to stderr, less TensorFlow's start-up notices (TF_STARTUP_LINE). Errors and warnings of
+    any other kind, TensorFlow's included, still reach the user, after the body."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+            tmp.seek(0)
+            text = tmp.read().decode('utf-8', errors='replace')
+            kept = [line for line in text.splitlines(keepends=True) if not TF_STARTUP_LINE.search(line)]
+            if kept:
+                sys.stderr.write(''.join(kept))
+                sys.stderr.flush()
+
+
+def import_tf():
+    """TensorFlow, imported only where it is needed, without its start-up notices on any CPU."""
+    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
+    with tf_startup_filtered():
+        import tensorflow as tf
+    tf.get_logger().setLevel('ERROR')
+    return tf
 
 
 # --- images and labels -----------------------------------------------------------------------------

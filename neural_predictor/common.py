@@ -1,35 +1,11 @@
-"""What the predictor's scripts share: atomic writes, one-line errors, metrics."""
+"""What the predictor's scripts share: one-line errors, metrics, and JSON and binary files
+written through the project's one atomic writer (``utils.write_atomic``)."""
 import json
-import os
 import sys
-import tempfile
 
 import numpy as np
 
-
-def replace_atomic(path: str, write_to) -> None:
-    """``write_to(tmp)`` writes a temporary file beside ``path`` by its name, which is then
-    renamed over ``path``: a reader never sees half a file, and an existing file survives a
-    failed write."""
-    folder = os.path.dirname(os.path.abspath(path)) or '.'
-    os.makedirs(folder, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix='.' + os.path.basename(path) + '.')
-    os.close(fd)
-    try:
-        write_to(tmp)
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
-def write_atomic(path: str, write) -> None:
-    """``write(f)`` into an open binary file, atomically as ``replace_atomic``."""
-    def write_to(tmp):
-        with open(tmp, 'wb') as f:
-            write(f)
-    replace_atomic(path, write_to)
+from utils import write_atomic  # the predictor's scripts take it from here
 
 
 def write_json(obj, path: str) -> None:

@@ -18,8 +18,8 @@ torch.manual_seed(0)
 
 @pytest.fixture(scope='session')
 def tf():
-    import tf_reference
-    return tf_reference.import_tf()
+    import utils
+    return utils.import_tf()
 
 
 @pytest.fixture(scope='session')
@@ -38,8 +38,8 @@ def small_checkpoint(tmp_path_factory, tf):
 
 def aux_logits(net, x):
     """Aux logits as TF-Slim computes them: training graph, BN on moving statistics."""
-    import convert
-    return convert.aux_logits_as_tf(net, x)
+    import tf_weights
+    return tf_weights.aux_logits_as_tf(net, x)
 
 
 def within_tf_bound(got, ref) -> bool:
@@ -59,6 +59,8 @@ def within_reported_bounds(report) -> bool:
 def pytest_configure(config):
     config.addinivalue_line('markers', 'tf: compares with TensorFlow; .ci/run runs these with '
                                        'TF_ENABLE_ONEDNN_OPTS=0 and =1')
+    config.addinivalue_line('markers', 'quick: the edit-and-test selection, `pytest -m quick`: '
+                                       'a fast test or more of every test file (docs/tests.md)')
 
 
 def pytest_collection_modifyitems(config, items):

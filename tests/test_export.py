@@ -50,6 +50,7 @@ def test_mobile_shaped_onnx_at_224(tmp_path):
         assert np.abs(session.run(None, {'input': x.numpy()})[0] - net(x).numpy()).max() < 1e-4
 
 
+@pytest.mark.quick
 def test_nothing_is_written_unless_the_check_passes(tmp_path, monkeypatch, capsys):
     weights, _ = small_weights(tmp_path, 'mobile')
     out = tmp_path / 'o' / 'm.onnx'

@@ -1,5 +1,6 @@
 """The NumPy preprocessing against TensorFlow's, the metrics, the command-line types."""
 import argparse
+import os
 
 import numpy as np
 import pytest
@@ -59,3 +60,48 @@ def test_int_at_least_refuses_with_the_reason():
 def test_topk_hits_counts_from_predicted_classes():
     pred = torch.tensor([[3, 1, 2], [0, 2, 1], [2, 0, 1]])
     assert utils.topk_hits(pred, torch.tensor([3, 2, 1]), ks=(1, 2, 3)) == [1, 2, 3]
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize('umask', [0o022, 0o027, 0o002])
+def test_every_writer_leaves_files_as_the_umask_allows(tmp_path, umask):
+    """The one atomic writer (utils.write_atomic, utils.atomic_path for writers that take a
+    name, and what the predictor's scripts and export.py write through them): the permissions of
+    a new file under the umask, not mkstemp's 0600, and no temporary left beside it."""
+    import json
+    from neural_predictor.common import write_json
+    saved = os.umask(umask)
+    try:
+        utils.write_atomic(str(tmp_path / 'a.bin'), lambda f: f.write(b'x'))
+        utils.save_json({'a': 1}, str(tmp_path / 'b.json'))
+        write_json({'b': 2}, str(tmp_path / 'c.json'))
+        with utils.atomic_path(str(tmp_path / 'd.onnx'), suffix='.onnx') as tmp:
+            with open(tmp, 'wb') as f:
+                f.write(b'y')
+        with open(tmp_path / 'plain', 'wb'):  # what open() gives under this umask
+            pass
+    finally:
+        os.umask(saved)
+    want = os.stat(tmp_path / 'plain').st_mode & 0o777
+    assert want == 0o666 & ~umask
+    for name in ('a.bin', 'b.json', 'c.json', 'd.onnx'):
+        assert os.stat(tmp_path / name).st_mode & 0o777 == want, name
+    assert json.loads((tmp_path / 'c.json').read_text()) == {'b': 2}
+    assert sorted(os.listdir(tmp_path)) == ['a.bin', 'b.json', 'c.json', 'd.onnx', 'plain']
+
+
+@pytest.mark.quick
+def test_a_failed_write_keeps_the_old_file_and_leaves_no_temporary(tmp_path):
+    path = tmp_path / 'kept.txt'
+    path.write_text('old')
+
+    def broken(f):
+        f.write(b'half')
+        raise OSError('disk full')
+    with pytest.raises(OSError, match='disk full'):
+        utils.write_atomic(str(path), broken)
+    with pytest.raises(ValueError):
+        with utils.atomic_path(str(path)) as tmp:
+            open(tmp, 'wb').close()
+            raise ValueError('the check failed')
+    assert path.read_text() == 'old' and os.listdir(tmp_path) == ['kept.txt']

@@ -20,7 +20,8 @@ import sys
 import numpy as np
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))))
-from neural_predictor.common import fail, replace_atomic  # noqa: E402
+from neural_predictor.common import fail  # noqa: E402
+from utils import atomic_path  # noqa: E402
 
 EPOCHS = [4, 12, 36, 108]
 OPS = {'input': -1, 'output': -2, 'conv3x3-bn-relu': 0, 'conv1x1-bn-relu': 1, 'maxpool3x3': 2}
@@ -138,7 +139,7 @@ def convert(records, log=print):
 
 
 def tfrecord_records(path: str):
-    from tf_reference import import_tf  # TensorFlow without its start-up notices
+    from utils import import_tf  # TensorFlow without its start-up notices
     tf = import_tf()
     for record in tf.data.TFRecordDataset(path):
         yield record.numpy()
@@ -147,11 +148,10 @@ def tfrecord_records(path: str):
 def write_hdf5(arrays, path: str) -> None:
     import h5py
 
-    def write_to(tmp):
+    with atomic_path(path) as tmp:
         with h5py.File(tmp, 'w') as h:
             for key, value in arrays.items():
                 h.create_dataset(key, data=value)
-    replace_atomic(path, write_to)
 
 
 def main(argv=None) -> int:
