@@ -30,6 +30,7 @@ import torch.nn.functional as F
 from model import Cell, NetworkImageNet
 from operations import (Conv2dSame, Conv7x1x1x7, DilConv, FactorizedReduce, Pool, ReLUConvBN,
                         SepConv, SkipConnect, Zero, pad_for_same, same_padding)
+from runtime import cpu_has_native_bf16
 
 
 def memory_format_of(x: torch.Tensor) -> torch.memory_format:
@@ -42,28 +43,6 @@ def memory_format_of(x: torch.Tensor) -> torch.memory_format:
 # --- what the CPU has -------------------------------------------------------------------------------
 
 _ONEDNN = torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_convolution_pointwise')
-
-
-def cpu_has_native_bf16() -> bool:
-    """Whether this CPU computes bfloat16 natively: it has AVX512_BF16 or AMX, and oneDNN may use
-    it (``ONEDNN_MAX_CPU_ISA`` can cap oneDNN below). Elsewhere, AVX-512 CPUs without AVX512_BF16
-    among them, oneDNN emulates bf16 convolutions, and AVX2-only CPUs run them an order of
-    magnitude slower than float32."""
-    try:
-        has = torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
-        return bool(has and torch.ops.mkldnn._is_mkldnn_bf16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
-def cpu_has_native_fp16() -> bool:
-    """Likewise for float16 (AVX512_FP16 or AMX-FP16), which most CPUs lack."""
-    try:
-        return bool(torch.ops.mkldnn._is_mkldnn_fp16_supported())
-    except (AttributeError, RuntimeError):
-        return False
-
-
 _ONEDNN_BF16 = _ONEDNN and cpu_has_native_bf16()
 
 
@@ -124,7 +103,7 @@ def fold_batch_norms(net: NetworkImageNet) -> None:
     network's own forward stays valid: each BN becomes a pass-through."""
     fold_bn(net, 'conv0', 'conv0_bn')
     for cell in net.cells:
-        for op in [cell.preprocess0, cell.preprocess1, *cell._ops]:
+        for op in [cell.preprocess0, cell.preprocess1, *cell.ops]:
             if isinstance(op, FactorizedReduce):
                 half = op.C_out // 2
                 fold_bn_into_conv(op.conv_1, op.bn, slice(0, half))
@@ -399,27 +378,27 @@ class CellPlan:
     def __init__(self, cell: Cell, rectify_output: bool):
         self.cell = cell
         self.rectify_output = rectify_output
-        ops, indices = cell._ops, cell._indices
+        ops, indices = cell.ops, cell.indices
         raw_readers = {index for op, index in zip(ops, indices) if not reads_rectified(op)}
-        self.rect = {s: s not in raw_readers and (rectify_output or s not in cell._concat)
-                     for s in range(2, 2 + cell._steps)}
+        self.rect = {s: s not in raw_readers and (rectify_output or s not in cell.concat)
+                     for s in range(2, 2 + cell.steps)}
         uses = collections.Counter(self.pool_key(j) for j, op in enumerate(ops) if isinstance(op, Pool))
         self.shared_pools = {key for key, n in uses.items() if n > 1}
         self.steps: List[Step] = []
-        for i in range(cell._steps):
+        for i in range(cell.steps):
             ja, jb = 2 * i, 2 * i + 1
             conv_ends = [j for j in (jb, ja) if ends_in_conv(ops[j])]
             first, second = (ja, jb) if not conv_ends or conv_ends[0] == jb else (jb, ja)
-            accumulate = bool(conv_ends) and (2 + i in indices or 2 + i not in cell._concat)
+            accumulate = bool(conv_ends) and (2 + i in indices or 2 + i not in cell.concat)
             self.steps.append(Step(first, second, accumulate, accumulate and self._owns_result(first)))
 
     def pool_key(self, j: int) -> Tuple[int, str, int]:
-        op = self.cell._ops[j]
-        return (self.cell._indices[j], op.kind, op.pool.stride)
+        op = self.cell.ops[j]
+        return (self.cell.indices[j], op.kind, op.pool.stride)
 
     def _owns_result(self, j: int) -> bool:
         """Whether op ``j`` returns a fresh tensor that nothing else holds (may be added onto)."""
-        op = self.cell._ops[j]
+        op = self.cell.ops[j]
         if isinstance(op, Pool) and not op.project:
             return self.pool_key(j) not in self.shared_pools
         return ends_in_conv(op) or isinstance(op, Zero)
@@ -428,7 +407,7 @@ class CellPlan:
         """The pool of op ``j``, computed once per cell."""
         key = self.pool_key(j)
         if key not in pools:
-            op, x = self.cell._ops[j], states[key[0]].get_raw()
+            op, x = self.cell.ops[j], states[key[0]].get_raw()
             if op.kind == 'max':
                 pools[key] = max_pool_same(x, op.pool.kernel_size, op.pool.stride, op.pool.pad_mode)
             else:
@@ -436,7 +415,7 @@ class CellPlan:
         return pools[key]
 
     def _run(self, conv: ConvRunner, j: int, states: list, pools: dict, add_to=None, relu=False):
-        op, state = self.cell._ops[j], states[self.cell._indices[j]]
+        op, state = self.cell.ops[j], states[self.cell.indices[j]]
         if isinstance(op, Pool):
             x = self._pool(j, states, pools)
         else:
@@ -462,9 +441,9 @@ class CellPlan:
         n, _, h, w = ref.shape
         stride = 2 if cell.reduction else 1
         fmt = memory_format_of(ref)
-        buf = torch.empty(n, cell.C * len(cell._concat), -(-h // stride), -(-w // stride),
+        buf = torch.empty(n, cell.C * len(cell.concat), -(-h // stride), -(-w // stride),
                           dtype=ref.dtype, device=ref.device, memory_format=fmt)
-        slices = {i: buf[:, k * cell.C:(k + 1) * cell.C] for k, i in enumerate(cell._concat)}
+        slices = {i: buf[:, k * cell.C:(k + 1) * cell.C] for k, i in enumerate(cell.concat)}
         pools = {}
         for i, step in enumerate(self.steps):
             rect, dst = self.rect[2 + i], slices.get(2 + i)
@@ -489,7 +468,7 @@ class CellPlan:
                         out.relu_()
             states.append(_State(rect=out) if rect else _State(raw=out))
         if self.rectify_output:  # combinations that were read raw are rectified last
-            for i in cell._concat:
+            for i in cell.concat:
                 if not self.rect[i]:
                     slices[i].relu_()
             return _State(rect=buf)

@@ -6,15 +6,79 @@ weights'), ``global_pool`` ('avg', or '' with ``num_classes=0`` for the unpooled
 ``features_only`` / ``out_indices`` (the maps of ``forward_stages``) through; other keyword
 arguments are ``PNASNetConfig`` fields. docs/interop.md shows them in use.
 """
-from typing import Optional, Sequence
+from typing import List, Optional, Sequence
+
+import torch
+import torch.nn as nn
 
 import model
 
 dependencies = ['torch']
 
 
+# --- the feature maps, as timm's features_only models give them --------------------------------------
+
+class FeatureInfo:
+    """A network's ``feature_info`` (the maps of ``forward_stages``: ``num_chs``, ``reduction``,
+    the stride against the input, and ``module`` of each) with timm's accessors."""
+
+    def __init__(self, info: List[dict]):
+        self.info = info
+
+    def _get(self, key: str, idx=None):
+        if idx is None:
+            return [d[key] for d in self.info]
+        return self.info[idx][key] if isinstance(idx, int) else [self.info[i][key] for i in idx]
+
+    def channels(self, idx=None):
+        return self._get('num_chs', idx)
+
+    def reduction(self, idx=None):
+        return self._get('reduction', idx)
+
+    def module_name(self, idx=None):
+        return self._get('module', idx)
+
+    def get_dicts(self) -> List[dict]:
+        return [dict(d) for d in self.info]
+
+    def __getitem__(self, idx):
+        return self.info[idx]
+
+    def __len__(self) -> int:
+        return len(self.info)
+
+
+class Features(nn.Module):
+    """A network whose forward returns the feature maps of ``forward_stages`` (those of
+    ``out_indices``; default: all five), as timm's ``features_only`` models do: a backbone for
+    detection or segmentation. The network is ``self.net``; ``feature_info`` describes all five
+    maps, with timm's accessors."""
+
+    def __init__(self, net: model.NetworkImageNet, out_indices: Optional[Sequence[int]] = None):
+        super().__init__()
+        n = len(net.feature_info)
+        self.out_indices = list(range(n) if out_indices is None else out_indices)
+        for i in self.out_indices:
+            if not -n <= i < n:
+                raise ValueError(f'out_indices: {i} is not one of the {n} feature maps')
+        self.net = net
+        self.feature_info = FeatureInfo(net.feature_info)
+        self.pretrained_cfg = self.default_cfg = net.pretrained_cfg
+        self.train(net.training)
+
+    def forward(self, x: torch.Tensor) -> List[torch.Tensor]:
+        return self.net.forward_stages(x, self.out_indices)
+
+    def set_grad_checkpointing(self, enable: bool = True) -> None:
+        self.net.set_grad_checkpointing(enable)
+
+
+# --- torch.hub ---------------------------------------------------------------------------------------
+
+
 def _build(preset: str, weights: Optional[str], num_classes: Optional[int], features_only: bool,
-           out_indices: Optional[Sequence[int]], global_pool: str, **config) -> model.NetworkImageNet:
+           out_indices: Optional[Sequence[int]], global_pool: str, **config) -> nn.Module:
     if weights:
         net = model.load_pretrained(weights, **config)
     else:
@@ -25,21 +89,19 @@ def _build(preset: str, weights: Optional[str], num_classes: Optional[int], feat
     wanted = net.num_classes if num_classes is None else num_classes
     if wanted != net.num_classes or global_pool != net.global_pool:
         net.reset_classifier(wanted, global_pool)
-    if features_only:
-        return model.NetworkImageNet.as_features(net, out_indices)
-    return net
+    return Features(net, out_indices) if features_only else net
 
 
 def pnasnet5large(weights: Optional[str] = None, num_classes: Optional[int] = None,
                   features_only: bool = False, out_indices: Optional[Sequence[int]] = None,
-                  global_pool: str = 'avg', **config) -> model.NetworkImageNet:
+                  global_pool: str = 'avg', **config) -> nn.Module:
     """PNASNet-5 Large (331 px); ``weights``: a convert.py output of the official checkpoint."""
     return _build('large', weights, num_classes, features_only, out_indices, global_pool, **config)
 
 
 def pnasnet5mobile(weights: Optional[str] = None, num_classes: Optional[int] = None,
                   features_only: bool = False, out_indices: Optional[Sequence[int]] = None,
-                  global_pool: str = 'avg', **config) -> model.NetworkImageNet:
+                  global_pool: str = 'avg', **config) -> nn.Module:
     """PNASNet-5 Mobile (224 px); ``weights``: a convert.py output of the official checkpoint."""
     return _build('mobile', weights, num_classes, features_only, out_indices, global_pool, **config)
 
@@ -54,7 +116,7 @@ def _timm_entrypoint(name: str, preset: str):
                cache_dir=None, num_classes: int = 1001, global_pool: str = 'avg',
                features_only: bool = False, out_indices: Optional[Sequence[int]] = None,
                drop_rate: Optional[float] = None, drop_path_rate: Optional[float] = None,
-               device=None, dtype=None, **config) -> model.NetworkImageNet:
+               device=None, dtype=None, **config) -> nn.Module:
         if pretrained:
             raise ValueError(f'{name}: timm fetches no weights for this port; convert the official '
                              f'checkpoint with convert.py and load it with model.load_pretrained')
@@ -65,8 +127,8 @@ def _timm_entrypoint(name: str, preset: str):
         if drop_path_rate is not None:
             config['drop_path_prob'] = drop_path_rate
         cfg = getattr(model.PNASNetConfig, preset)(num_classes=num_classes, **config)
-        net = model.build_network(cfg, features_only=features_only, out_indices=out_indices,
-                                  global_pool=global_pool)
+        net = model.build_network(cfg, global_pool=global_pool)
+        net = Features(net, out_indices) if features_only else net
         return net.to(device=device, dtype=dtype) if device is not None or dtype is not None else net
     create.__name__ = create.__qualname__ = name
     create.__module__ = __name__

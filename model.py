@@ -1,4 +1,4 @@
-"""PNASNet-5 (Liu et al., ECCV 2018) as a genotype-driven, DARTS-style ``NetworkImageNet``.
+"""PNASNet-5 (Liu et al., ECCV 2018): DARTS-style, genotype-driven NetworkImageNet and NetworkCIFAR.
 
 The network follows TF-Slim's ``pnasnet.py`` exactly: a VALID 3x3 stem conv, two stride-2 stem
 cells, ``num_cells`` cells with reductions at ``int(k/3 * num_cells)``, ReLU + global mean +
@@ -10,9 +10,8 @@ RGB, NCHW float32 in [-1, 1], central crop 0.875, bilinear resize to 331 (Large)
 The 1001 logits put the background class at index 0; ImageNet class k is logit k + 1.
 """
 import dataclasses
-import os
 from dataclasses import dataclass
-from typing import List, Optional, Sequence, Tuple, Union
+from typing import List, Optional, Tuple, Union
 
 import torch
 import torch.fx
@@ -21,8 +20,9 @@ import torch.nn.functional as F
 import torch.utils.checkpoint
 
 import genotypes as genotypes_mod
-from operations import (OPS, PADDING_MODES, Conv2dSame, FactorizedReduce, ReLUConvBN, SkipConnect,
-                        batch_norm, drop_path)
+from operations import (OPS, PADDING_MODES, Conv2dSame, FactorizedReduce, ReLUConvBN, batch_norm,
+                        drop_path)
+from weights_io import CheckpointError, load_state, read_weights_file
 
 
 MIN_IMAGE_SIZE = 3  # conv0 is a VALID 3x3 conv: a smaller input leaves it nothing
@@ -84,9 +84,30 @@ class PNASNetConfig:
         return [int(k / (r + 1) * n) for k in range(1, r + 1)]
 
     @property
+    def cell_layout(self) -> List[Tuple[int, bool]]:
+        """(filters C, reduces) of every cell, stem cells first: F / rate^2 and F / rate for the
+        stem cells, then F, scaled by ``filter_scaling_rate`` at each reduction."""
+        rate, scale = self.filter_scaling_rate, 1.0
+        scales = [(1.0 / rate ** 2, True), (1.0 / rate, True)][:self.num_stem_cells]
+        for i in range(self.num_cells):
+            scale *= rate if i in self.reduction_indices else 1.0
+            scales.append((scale, i in self.reduction_indices))
+        return [(int(self.num_conv_filters * s), reduces) for s, reduces in scales]
+
+    @property
     def aux_cell_index(self) -> Optional[int]:
         red = self.reduction_indices
         return red[1] - 1 if len(red) >= 2 else None
+
+    BODY_FIELDS = ('stem', 'stem_multiplier', 'num_conv_filters', 'num_cells',
+                   'num_reduction_layers', 'filter_scaling_rate')
+
+    def same_body(self, other: 'PNASNetConfig') -> bool:
+        """Whether both configs build the same stem and cells (genotype included); classes,
+        input size, heads and regularisation aside. ``config.same_body(PNASNetConfig.mobile())``
+        is how a preset is recognised."""
+        return (all(getattr(self, f) == getattr(other, f) for f in self.BODY_FIELDS)
+                and genotypes_mod.get(self.genotype) == genotypes_mod.get(other.genotype))
 
     def to_dict(self) -> dict:
         d = dataclasses.asdict(self)
@@ -154,16 +175,23 @@ class Cell(nn.Module):
 
         ops = genotype.reduce if reduction else genotype.normal
         concat = genotype.reduce_concat if reduction else genotype.normal_concat
-        self._steps = len(ops) // 2
-        self._concat = list(concat)
-        self.multiplier = len(self._concat)
-        self._indices = [index for _, index in ops]
+        self.steps = len(ops) // 2
+        self.concat = list(concat)
+        self.multiplier = len(self.concat)
+        self.indices = [index for _, index in ops]
         self._dropped = [name != 'skip_connect' for name, _ in ops]  # TF-Slim keeps the identity whole
-        self._ops = nn.ModuleList()
+        self._ops = nn.ModuleList()  # state-dict keys cells.K._ops.J; read it as ``ops``
         for name, index in ops:
             stride = 2 if reduction and index < 2 else 1
             C_in = C0 if index == 0 else C
             self._ops.append(OPS[name](C_in, C, stride, padding))
+
+    @property
+    def ops(self):
+        """The ops in genotype order: ops 2i and 2i + 1 make combination i, op j reads state
+        ``indices[j]`` (0, 1: the preprocessed inputs; 2 + i: combination i); the cell's output
+        concatenates the states ``concat``."""
+        return self._ops
 
     def forward(self, s0: Optional[torch.Tensor], s1: torch.Tensor,
                 drop_prob: float = 0.0) -> torch.Tensor:
@@ -174,14 +202,14 @@ class Cell(nn.Module):
         states = [x0, self.preprocess1(s1)]
         hidden: List[torch.Tensor] = []
         for i, op in enumerate(self._ops):
-            h = op(states[self._indices[i]])
+            h = op(states[self.indices[i]])
             if self.training and drop_prob > 0.0 and self._dropped[i]:
                 h = drop_path(h, drop_prob * self.drop_scale)
             hidden.append(h)
             if len(hidden) == 2:  # a combination: the sum of its two ops
                 states.append(hidden[0] + hidden[1])
                 hidden = []
-        return torch.cat([states[i] for i in self._concat], dim=1)
+        return torch.cat([states[i] for i in self.concat], dim=1)
 
 
 class AuxiliaryHead(nn.Module):
@@ -220,82 +248,38 @@ def _aux_map_checked(x: torch.Tensor, kernel_size: int) -> torch.Tensor:
 torch.fx.wrap('_aux_map_checked')  # reads the traced shape: recorded whole in a torch.fx graph
 
 
-class FeatureInfo:
-    """The feature maps of ``forward_stages``, in timm's form: ``num_chs``, ``reduction`` (the
-    stride against the input) and ``module`` of each, with timm's accessors."""
-
-    def __init__(self, info: List[dict]):
-        self.info = info
-
-    def _get(self, key: str, idx=None):
-        if idx is None:
-            return [d[key] for d in self.info]
-        return self.info[idx][key] if isinstance(idx, int) else [self.info[i][key] for i in idx]
-
-    def channels(self, idx=None):
-        return self._get('num_chs', idx)
-
-    def reduction(self, idx=None):
-        return self._get('reduction', idx)
-
-    def module_name(self, idx=None):
-        return self._get('module', idx)
-
-    def get_dicts(self) -> List[dict]:
-        return [dict(d) for d in self.info]
-
-    def __getitem__(self, idx):
-        return self.info[idx]
-
-    def __len__(self) -> int:
-        return len(self.info)
-
-
 class NetworkImageNet(nn.Module):
     """PNASNet-5 and its relatives for ImageNet; ``forward`` returns the logits, and
-    ``(logits, logits_aux)`` in training mode with the aux head.
+    ``(logits, logits_aux)`` in training mode with the aux head. The stem is TF-Slim's ImageNet
+    stem: a VALID 3x3/2 conv and two reduction cells (``NetworkCIFAR`` has another).
 
-    ``features_only`` (as timm's ``create_model`` has it): ``forward`` returns the feature maps
-    of ``forward_stages`` instead, those of ``out_indices`` (default: all five).
     ``global_pool``: 'avg' (TF-Slim's global mean), or '' for the unpooled map, which needs
     ``config.num_classes == 0`` (no classifier), as timm has it."""
 
-    def __init__(self, config: Optional[PNASNetConfig] = None, features_only: bool = False,
-                 out_indices: Optional[Sequence[int]] = None, global_pool: str = 'avg'):
+    stem = 'imagenet'  # the config.stem this class builds
+
+    def __init__(self, config: Optional[PNASNetConfig] = None, global_pool: str = 'avg'):
         super().__init__()
         config = config or PNASNetConfig()
         _check_global_pool(global_pool, config.num_classes)
         if config.padding not in PADDING_MODES:
             raise ValueError(f'config.padding must be one of {PADDING_MODES}, got {config.padding!r}')
-        if config.stem not in ('imagenet', 'cifar'):
-            raise ValueError(f"config.stem must be 'imagenet' or 'cifar', got {config.stem!r}")
+        if config.stem != self.stem:
+            raise ValueError(f'config.stem is {config.stem!r}, but {type(self).__name__} builds '
+                             f'{self.stem!r}; model.build_network picks the class of a config')
         self.config = config
-        genotype = genotypes_mod.get(config.genotype)
-        self.genotype = genotype
+        self.genotype = genotype = genotypes_mod.get(config.genotype)
         self.drop_path_prob = config.drop_path_prob
 
         C_stem = config.stem_filters
         stem_cells = config.num_stem_cells
-        if config.stem == 'cifar':  # TF-Slim's l1_stem_3x3: stride 1, SAME
-            self.conv0 = nn.Conv2d(3, C_stem, 3, stride=1, padding=1, bias=False)
-        else:
-            self.conv0 = nn.Conv2d(3, C_stem, 3, stride=2, padding=0, bias=False)  # VALID
+        self.conv0 = self.stem_conv(C_stem)
         self.conv0_bn = batch_norm(C_stem)
 
         total_cells = config.num_cells + stem_cells
-        rate = config.filter_scaling_rate
-        specs = [(1.0 / rate ** 2, True), (1.0 / rate, True)][:stem_cells]  # the stem cells
-        scaling = 1.0
-        for i in range(config.num_cells):
-            is_reduction = i in config.reduction_indices
-            if is_reduction:
-                scaling *= rate
-            specs.append((scaling, is_reduction))
-
         self.cells = nn.ModuleList()
         C_prev_prev, C_prev, reduction_prev = None, C_stem, False
-        for k, (scale, reduction) in enumerate(specs):
-            C = int(config.num_conv_filters * scale)
+        for k, (C, reduction) in enumerate(config.cell_layout):
             # cell_stem_1 reads conv0 (twice its size): it too reduces its s0
             cell = Cell(genotype, C_prev_prev, C_prev, C, reduction,
                         reduction_prev or (k == 1 and stem_cells == 2), config.padding,
@@ -308,7 +292,7 @@ class NetworkImageNet(nn.Module):
         self.global_pool = global_pool
         # multi-scale taps, where timm hooks its pnasnet5large: conv0 (BN output, stride 2),
         # then ReLU of the last cell at each stride (4, 8, 16, 32)
-        stride = 1 if config.stem == 'cifar' else 2
+        stride = self.conv0.stride[0]
         taps = [(0, C_stem, stride, 'conv0_bn')]
         for k, cell in enumerate(self.cells):
             stride *= 2 if cell.reduction else 1
@@ -316,15 +300,10 @@ class NetworkImageNet(nn.Module):
             if last_at_stride:
                 taps.append((k + 1, cell.multiplier * cell.C, stride, f'cells.{k}'))
         self._taps = [layer for layer, _, _, _ in taps]
-        self.feature_info = FeatureInfo([{'num_chs': c, 'reduction': r, 'module': m}
-                                         for _, c, r, m in taps])
+        # timm's form (a list of dicts); hubconf.FeatureInfo gives it timm's accessors
+        self.feature_info = [{'num_chs': c, 'reduction': r, 'module': m} for _, c, r, m in taps]
         self.grad_checkpointing = False  # set_grad_checkpointing: recompute each cell in backward
         self.class_names: Optional[List[str]] = None  # set by load_pretrained from a train.py output
-        self.features_only = features_only
-        self.out_indices = list(range(len(taps)) if out_indices is None else out_indices)
-        for i in self.out_indices:
-            if not -len(taps) <= i < len(taps):
-                raise ValueError(f'out_indices: {i} is not one of the {len(taps)} feature maps')
 
         self.aux_index = -1  # position in self.cells of the cell the aux head reads; -1: none
         self.auxiliary_head = None
@@ -333,9 +312,8 @@ class NetworkImageNet(nn.Module):
             kernel = aux_kernel_size(config, config.image_size)
             if kernel < 1:
                 raise ValueError(f'image_size {config.image_size} is too small for the auxiliary head')
-            aux_C = self.cells[self.aux_index].multiplier * int(
-                config.num_conv_filters * specs[self.aux_index][0])
-            self.auxiliary_head = AuxiliaryHead(aux_C, config.num_classes, kernel)
+            read = self.cells[self.aux_index]
+            self.auxiliary_head = AuxiliaryHead(read.multiplier * read.C, config.num_classes, kernel)
 
         self.dropout = nn.Dropout(config.dropout)
         self.classifier = nn.Linear(self.num_features, config.num_classes) if config.num_classes else nn.Identity()
@@ -374,13 +352,9 @@ class NetworkImageNet(nn.Module):
         return self._forward(x, n, [n], False)[0][0]
 
     @staticmethod
-    def as_features(net: 'NetworkImageNet', out_indices: Optional[Sequence[int]] = None
-                    ) -> 'NetworkImageNet':
-        """A network with ``net``'s config and weights whose forward returns the maps of
-        ``forward_stages`` (``features_only``); for a network that was built or loaded whole."""
-        features = build_network(net.config, features_only=True, out_indices=out_indices)
-        features.load_state_dict(net.state_dict())
-        return features.to(next(net.parameters()).device).train(net.training)
+    def stem_conv(C_stem: int) -> nn.Conv2d:
+        """TF-Slim's ImageNet conv0: 3x3, stride 2, VALID."""
+        return nn.Conv2d(3, C_stem, 3, stride=2, padding=0, bias=False)
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
         """New, freshly initialised classifiers (and aux classifier) for ``num_classes``, as
@@ -408,6 +382,9 @@ class NetworkImageNet(nn.Module):
         ``out_indices``; the last one equals ``forward_features(x)``. Cells after the last map
         asked for are not run."""
         n = len(self._taps)
+        for i in out_indices or []:
+            if not -n <= i < n:
+                raise ValueError(f'out_indices: {i} is not one of the {n} feature maps')
         asked = list(range(n)) if out_indices is None else [i % n for i in out_indices]
         layers: List[int] = []
         for i in range(n):
@@ -433,13 +410,10 @@ class NetworkImageNet(nn.Module):
         memory for compute, as timm's models have it)."""
         self.grad_checkpointing = enable
 
-    def forward(self, x: torch.Tensor
-                ) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor], List[torch.Tensor]]:
+    def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
         """The logits [N, num_classes], as timm's and torchvision's models return them; in
         training mode with the aux head, ``(logits, logits_aux)`` (torchvision's inception
-        convention); with ``features_only``, the maps of ``forward_stages``."""
-        if self.features_only:
-            return self.forward_stages(x, self.out_indices)
+        convention)."""
         n = len(self.cells)
         maps, logits_aux = self._forward(x, n, [n], True)
         logits = self.forward_head(maps[0])
@@ -480,15 +454,20 @@ class NetworkCIFAR(NetworkImageNet):
     """A genotype's network in TF-Slim's CIFAR layout (nasnet.py's ``_cifar_stem``): a 3x3 stem
     conv of ``stem_multiplier * F`` filters with BN and no stem cells, then the cells, with
     reductions between the stacks, the aux head as TF-Slim places it, final ReLU, global pool,
-    dropout and FC. Default config: ``PNASNetConfig.cifar()`` (PNASNet-5, N = 3, F = 48). All of
-    NetworkImageNet's interface applies."""
+    dropout and FC. Default config: ``PNASNetConfig.cifar()`` (PNASNet-5, N = 3, F = 48); a
+    config of another stem is taken with ``stem='cifar'``. All of NetworkImageNet's interface
+    applies."""
 
-    def __init__(self, config: Optional[PNASNetConfig] = None, features_only: bool = False,
-                 out_indices: Optional[Sequence[int]] = None, global_pool: str = 'avg'):
+    stem = 'cifar'
+
+    def __init__(self, config: Optional[PNASNetConfig] = None, global_pool: str = 'avg'):
         config = config or PNASNetConfig.cifar()
-        if config.stem != 'cifar':
-            config = dataclasses.replace(config, stem='cifar')
-        super().__init__(config, features_only, out_indices, global_pool)
+        super().__init__(dataclasses.replace(config, stem='cifar'), global_pool)
+
+    @staticmethod
+    def stem_conv(C_stem: int) -> nn.Conv2d:
+        """TF-Slim's l1_stem_3x3: 3x3, stride 1, SAME."""
+        return nn.Conv2d(3, C_stem, 3, stride=1, padding=1, bias=False)
 
 
 def build_network(config: PNASNetConfig, **kwargs) -> NetworkImageNet:
@@ -496,265 +475,46 @@ def build_network(config: PNASNetConfig, **kwargs) -> NetworkImageNet:
     return (NetworkCIFAR if config.stem == 'cifar' else NetworkImageNet)(config, **kwargs)
 
 
-def cell_scopes(net: NetworkImageNet) -> List[str]:
-    """TF-Slim's scope of each of ``net.cells``: cell_stem_0, cell_stem_1, cell_0, ..."""
-    stem = net.config.num_stem_cells
-    return [f'cell_stem_{k}' if k < stem else f'cell_{k - stem}' for k in range(len(net.cells))]
-
-
-def pnasnet5large(**overrides) -> NetworkImageNet:
-    """PNASNet-5 Large (331 px, 86.1 M parameters without the aux head), random weights."""
-    return NetworkImageNet(PNASNetConfig.large(**overrides))
-
-
-def pnasnet5mobile(**overrides) -> NetworkImageNet:
-    """PNASNet-5 Mobile (224 px, 5.1 M parameters without the aux head), random weights."""
-    return NetworkImageNet(PNASNetConfig.mobile(**overrides))
-
-
-class CheckpointError(RuntimeError):
-    """A weights file that cannot be loaded; the message names the file and what to do."""
-
-
-def _is_aux_key(key: str) -> bool:
-    return key.startswith('auxiliary_head.')
-
-
-def _load_error_summary(e: Exception) -> str:
-    """One line for why ``torch.load(weights_only=True)`` failed, without PyTorch's advice to
-    retry with ``weights_only=False``: a convert.py output never needs it."""
-    text = str(e).strip()
-    marker = 'WeightsUnpickler error:'
-    if marker in text:
-        detail = text.split(marker, 1)[1].strip().splitlines()
-        detail = detail[0].strip() if detail else ''
-        return ('damaged, or pickles objects other than tensors and plain containers'
-                + (f': {detail}' if detail else ''))
-    if not text:
-        return 'empty or cut short' if isinstance(e, EOFError) else type(e).__name__
-    return text.splitlines()[0].split('. ')[0].rstrip('.')
-
-
-def _read_safetensors(path: str, map_location) -> dict:
-    """A convert.py ``.safetensors`` output as ``{'config', 'state_dict'}``: the tensors, and the
-    config from the file's metadata. Reading one runs no code, whatever the file holds."""
-    import json
-    try:
-        from safetensors import safe_open
-        device = str(map_location) if isinstance(map_location, (str, torch.device)) else 'cpu'
-        with safe_open(path, framework='pt', device=device) as f:
-            metadata = f.metadata() or {}
-            state_dict = {k: f.get_tensor(k) for k in f.keys()}
-        config = json.loads(metadata['config'])
-    except ImportError:
-        raise CheckpointError(f'{path}: reading .safetensors needs the safetensors package '
-                              f'(pip install -r requirements.txt)') from None
-    except KeyError:
-        raise CheckpointError(f'{path}: a safetensors file without this port\'s config in its '
-                              f'metadata; write it with convert.py --output FILE.safetensors') from None
-    except Exception as e:  # safetensors raises its own error types for damaged files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise CheckpointError(f'{path}: not a safetensors file this port can read ({first}); '
-                              f'convert the TF checkpoint again with convert.py') from None
-    return {'config': config, 'state_dict': state_dict}
-
-
 def read_weights(path: str, map_location='cpu') -> dict:
     """A ``convert.py`` or ``train.py`` output as ``{'config': PNASNetConfig, 'state_dict': ...,
-    'class_names': list or None, 'source': dict}``, without building the network.
-
-    A ``.pth`` is read with ``torch.load(weights_only=True)``, a ``.safetensors`` with the config
-    in its metadata; a bare state dict of this model is taken as PNASNet-5 Large."""
-    if not os.path.isfile(path):
-        raise CheckpointError(f'{path}: no such weights file; run `python convert.py` first '
-                              f'(see README.md)')
-    if path.endswith('.safetensors'):
-        obj = _read_safetensors(path, map_location)
+    'class_names': list or None, 'source': dict}``, without building the network (the file
+    formats are ``weights_io.read_weights_file``'s); a bare state dict is PNASNet-5 Large."""
+    obj = read_weights_file(path, map_location)
+    if obj['config'] is None:
+        config = PNASNetConfig.large()
     else:
-        try:
-            obj = torch.load(path, map_location=map_location, weights_only=True)
-        except Exception as e:  # pickle, zip and torch errors all mean "not a weights file of ours"
-            raise CheckpointError(f'{path}: not a PyTorch weights file this port can read '
-                                  f'({_load_error_summary(e)}); convert the TF checkpoint again '
-                                  f'with convert.py') from None
-    if isinstance(obj, dict) and 'state_dict' in obj and 'config' in obj:
         try:
             config = PNASNetConfig.from_dict(dict(obj['config']))
         except (TypeError, ValueError) as e:
             raise CheckpointError(f'{path}: its config is not this port\'s ({e})') from None
-        state_dict = obj['state_dict']
-    elif isinstance(obj, dict) and 'model' in obj and 'optimizer' in obj:
-        raise CheckpointError(f'{path}: a train.py state (last.pth), not weights; pass it to '
-                              f'train.py --resume, or use the best.pth beside it')
-    elif isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values()):
-        config, state_dict = PNASNetConfig.large(), obj
-    else:
-        raise CheckpointError(f'{path}: expected a convert.py output or a state dict of this model')
-    if not isinstance(state_dict, dict) or not all(isinstance(v, torch.Tensor)
-                                                   for v in state_dict.values()):
-        raise CheckpointError(f'{path}: its state_dict is not a dict of tensors')
-    names = obj.get('class_names') if isinstance(obj, dict) else None
+    names = obj['class_names']
     if names is not None and (not isinstance(names, (list, tuple)) or len(names) != config.num_classes):
         raise CheckpointError(f'{path}: class_names do not fit its {config.num_classes} classes')
-    return {'config': config, 'state_dict': state_dict,
-            'class_names': list(names) if names is not None else None,
-            'source': obj.get('source') if isinstance(obj, dict) and 'config' in obj else None}
-
-
-def load_state(net: NetworkImageNet, state_dict: dict, path: str) -> None:
-    """Loads ``state_dict`` into ``net``, every tensor present and of its shape, or raises a
-    CheckpointError that names the first misfits."""
-    try:
-        missing, unexpected = net.load_state_dict(state_dict, strict=False)
-    except RuntimeError as e:  # shape mismatches
-        missing, unexpected = [str(e).strip().splitlines()[-1].strip()], []
-    if missing or unexpected:
-        what = (f'missing {missing[:3]}' if missing else '') + (
-            f' unexpected {unexpected[:3]}' if unexpected else '')
-        raise CheckpointError(f'{path}: weights do not fit the network of its config ({what.strip()}); '
-                              f'convert the TF checkpoint again with convert.py')
+    return dict(obj, config=config, class_names=list(names) if names is not None else None)
 
 
 def load_pretrained(path: str, auxiliary: bool = False, map_location='cpu',
                     **overrides) -> NetworkImageNet:
-    """Builds the network a ``convert.py`` or ``train.py`` output describes, loads its weights,
-    returns it in eval mode, with its ``class_names`` (None for the 1001 ImageNet classes).
-
-    The file holds ``{'config': dict, 'state_dict': ...}`` (a ``.pth``, read with
-    ``weights_only=True``, or a ``.safetensors`` with the config in its metadata); a bare state
-    dict of this model is also accepted and taken as PNASNet-5 Large. ``auxiliary=True`` keeps the aux head (for fine-tuning);
-    ``overrides`` change config fields that do not touch the weights (e.g. ``padding``,
-    ``drop_path_prob``, ``image_size``).
-    """
+    """Builds the network a ``convert.py`` or ``train.py`` output (``read_weights``) describes,
+    loads its weights, returns it in eval mode, with its ``class_names`` (None for the 1001
+    ImageNet classes). ``auxiliary=True`` keeps the aux head (for fine-tuning); ``overrides``
+    change config fields that do not touch the weights (``padding``, ``drop_path_prob``, ...)."""
     obj = read_weights(path, map_location)
     config, state_dict = obj['config'], obj['state_dict']
-    has_aux = any(_is_aux_key(k) for k in state_dict)
+    has_aux = any(k.startswith('auxiliary_head.') for k in state_dict)
     if auxiliary and not has_aux:
         raise CheckpointError(f'{path}: holds no auxiliary-head weights; load with auxiliary=False')
     config = dataclasses.replace(config, auxiliary=auxiliary, **overrides)
     net = build_network(config)
     if not auxiliary:
-        state_dict = {k: v for k, v in state_dict.items() if not _is_aux_key(k)}
+        state_dict = {k: v for k, v in state_dict.items() if not k.startswith('auxiliary_head.')}
     load_state(net, state_dict, path)
     net.class_names = obj['class_names']
     return net.eval()
 
 
-# --- python model.py --summary ---------------------------------------------------------------------
-
-def summarize(config: PNASNetConfig, image_size: Optional[int] = None, time_forward: bool = True) -> dict:
-    """What a genotype and config make at ``image_size`` (default: the config's): parameters with
-    and without the aux head, multiply-adds per image (counted by FlopCounterMode on the meta
-    device: convolutions and the classifier, half their FLOPs), each cell's output shape, and
-    with ``time_forward`` the plain eval forward's seconds per image on this machine's CPU."""
-    from torch.utils.flop_counter import FlopCounterMode
-    size = image_size or config.image_size
-    aux_fits = config.aux_cell_index is not None and aux_kernel_size(config, size) >= 1
-    config = dataclasses.replace(config, image_size=size, auxiliary=aux_fits)
-    with torch.device('meta'):
-        net = build_network(config).eval()
-    params = sum(p.numel() for p in net.parameters())
-    aux = sum(p.numel() for p in net.auxiliary_head.parameters()) if aux_fits else 0
-    shapes = {'conv0': None}
-    names = cell_scopes(net)
-    hooks = [net.conv0_bn.register_forward_hook(lambda m, i, o: shapes.update(conv0=list(o.shape)))]
-    for name, cell in zip(names, net.cells):
-        hooks.append(cell.register_forward_hook(
-            lambda m, i, o, name=name: shapes.__setitem__(name, list(o.shape))))
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        net(torch.empty(1, 3, size, size, device='meta'))
-    for h in hooks:
-        h.remove()
-    genotype = config.genotype if isinstance(config.genotype, str) else 'custom'
-    out = {'genotype': genotype, 'image_size': size, 'stem_multiplier': config.stem_multiplier,
-           'num_conv_filters': config.num_conv_filters, 'num_cells': config.num_cells,
-           'parameters': params - aux, 'parameters_with_aux': params if aux_fits else None,
-           'multiply_adds': counter.get_total_flops() // 2, 'cell_outputs': shapes,
-           'forward_seconds': None}
-    if time_forward:
-        import time
-        real = NetworkImageNet(dataclasses.replace(config, auxiliary=False)).eval()
-        x = torch.randn(1, 3, size, size)
-        times = []
-        with torch.inference_mode():
-            real(x)
-            for _ in range(3):
-                t0 = time.perf_counter()
-                real(x)
-                times.append(time.perf_counter() - t0)
-        out['forward_seconds'] = sorted(times)[1]
-        out['threads'] = torch.get_num_threads()
-    return out
-
-
-def _format_summary(s: dict) -> List[str]:
-    lines = [f'{s["genotype"]}: F={s["num_conv_filters"]}, {s["num_cells"]} cells, stem multiplier '
-             f'{s["stem_multiplier"]:g}, at {s["image_size"]} px',
-             f'  parameters: {s["parameters"]:,} without the aux head'
-             + (f', {s["parameters_with_aux"]:,} with it' if s['parameters_with_aux'] else
-                ' (the aux head does not fit this size)'),
-             f'  multiply-adds: {s["multiply_adds"] / 1e9:.3f} G per image (FlopCounterMode)']
-    if s['forward_seconds'] is not None:
-        lines.append(f'  forward: {s["forward_seconds"] * 1e3:.0f} ms per image (batch 1, eval, '
-                     f'CPU, {s["threads"]} threads)')
-    lines.append('  outputs [N, C, H, W]:')
-    lines += [f'    {name:14s} {shape}' for name, shape in s['cell_outputs'].items()]
-    return lines
-
-
-def main(argv=None) -> int:
-    import argparse
-    import json
-    import sys
-
-    ap = argparse.ArgumentParser(description='What a genotype makes: python model.py --summary',
-                                 epilog='More: docs/experiments.md')
-    ap.add_argument('--summary', action='store_true', required=True,
-                    help='print parameters, multiply-adds, cell output shapes and forward time')
-    ap.add_argument('--genotype', default='PNASNet',
-                    help='a name in genotypes.GENOTYPES, or a JSON file of genotypes.to_dict output')
-    ap.add_argument('--compare', nargs=2, metavar=('A', 'B'), help='two genotypes side by side')
-    ap.add_argument('--preset', choices=['large', 'mobile', 'cifar'], default='large',
-                    help='large (331 px), mobile (224) or cifar (NetworkCIFAR, 32 px; PNASNetConfig.cifar)')
-    ap.add_argument('--filters', type=int,
-                    help='num_conv_filters (default: the preset\'s)')
-    ap.add_argument('--cells', type=int, help='num_cells (default: the preset\'s)')
-    ap.add_argument('--stem-multiplier', type=float, help='(default: the preset\'s)')
-    ap.add_argument('--image-size', type=int,
-                    help='default: the preset\'s (331 Large, 224 Mobile, 32 CIFAR)')
-    ap.add_argument('--no-time', action='store_true', help='skip the timed forward')
-    ap.add_argument('--json', action='store_true', help='print the figures as JSON')
-    args = ap.parse_args(argv)
-    for flag, low in (('filters', 1), ('cells', 1), ('image_size', MIN_IMAGE_SIZE)):
-        value = getattr(args, flag)
-        if value is not None and value < low:  # model.py imports nothing of the scripts' helpers
-            ap.error(f'argument --{flag.replace("_", "-")}: {value} is below {low}')
-    overrides = {k: v for k, v in (('num_conv_filters', args.filters), ('num_cells', args.cells),
-                                   ('stem_multiplier', args.stem_multiplier)) if v is not None}
-    try:
-        results = []
-        for name in args.compare or [args.genotype]:
-            genotype = genotypes_mod.load(name)
-            value = name if name in genotypes_mod.GENOTYPES else genotypes_mod.to_dict(genotype)
-            config = getattr(PNASNetConfig, args.preset)(genotype=value, **overrides)
-            result = summarize(config, args.image_size, time_forward=not args.no_time)
-            result['genotype'] = name
-            results.append(result)
-    except (ValueError, TypeError) as e:  # GenotypeError is a ValueError
-        print(f'model.py: error: {e}', file=sys.stderr)
-        return 1
-    if args.json:
-        print(json.dumps(results if args.compare else results[0], indent=1))
-    elif args.compare:
-        a, b = (_format_summary(r) for r in results)
-        width = max(len(line) for line in a) + 2
-        for k in range(max(len(a), len(b))):
-            print(f'{a[k] if k < len(a) else "":{width}s}{b[k] if k < len(b) else ""}')
-    else:
-        print('\n'.join(_format_summary(results[0])))
-    return 0
-
-
 if __name__ == '__main__':
-    raise SystemExit(main())
+    # `python model.py --summary ...`: the summary tool lives in summary.py, a script on top of
+    # this module; the old command forwards there
+    import summary
+    raise SystemExit(summary.main())

@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 import engine
 import model
+import runtime
 from engine import ConvRunner, max_pool_same
 from genotypes import Genotype
 from operations import Conv2dSame, FactorizedReduce, MaxPool2dSame
@@ -22,6 +23,7 @@ def channels_last(x):
     return x.contiguous(memory_format=torch.channels_last)
 
 
+@pytest.mark.quick
 @pytest.mark.parametrize('mode', ['tf', 'symmetric'])
 def test_max_pool_same_equals_max_pool2d_bit_for_bit(mode):
     for h in (1, 2, 3, 4, 11, 12, 41, 42):
@@ -222,6 +224,7 @@ def test_compiled_inference_model_gives_the_plain_models_features():
     assert same_shape == 'True' and freezing == 'False' and float(diff) < 1e-5
 
 
+@pytest.mark.quick
 def test_fast_path_gives_the_plain_models_logits(small_checkpoint, tmp_path):
     """InferenceModel (BN folded, shared ReLUs and pools, channels_last) stays within 1e-4 of the
     converted model, at sizes where TF pads symmetrically and where it does not."""
@@ -233,7 +236,7 @@ def test_fast_path_gives_the_plain_models_logits(small_checkpoint, tmp_path):
     fast = engine.InferenceModel(plain)
     assert not any(isinstance(m, torch.nn.BatchNorm2d) for m in fast.modules())
     for size in (224, 225, 299, 331):
-        x = torch.from_numpy(tf_reference.calibration_images(size, n=2, seed=size).transpose(0, 3, 1, 2).copy())
+        _, x = tf_reference.check_images(size, seed=size)
         with torch.no_grad():
             a, b = plain(x), fast(x.contiguous(memory_format=fast.memory_format))
             fa, fb = plain.extract_features(x), fast.extract_features(x)
@@ -254,4 +257,4 @@ def test_native_bf16_is_decided_by_what_the_cpu_has(monkeypatch, avx512_bf16, am
     monkeypatch.setattr(torch.cpu, '_is_avx512_bf16_supported', lambda: avx512_bf16)
     monkeypatch.setattr(torch.cpu, '_is_amx_tile_supported', lambda: amx)
     monkeypatch.setattr(torch.ops.mkldnn, '_is_mkldnn_bf16_supported', lambda: onednn_bf16)
-    assert engine.cpu_has_native_bf16() is native
+    assert runtime.cpu_has_native_bf16() is native

@@ -18,6 +18,7 @@ def mobile_weights(tmp_path_factory):
     return str(path), net
 
 
+@pytest.mark.quick
 def test_both_entry_points_without_weights():
     large = torch.hub.load(ROOT, 'pnasnet5large', source='local', num_conv_filters=8)
     mobile = torch.hub.load(ROOT, 'pnasnet5mobile', source='local', num_classes=10)
@@ -25,11 +26,12 @@ def test_both_entry_points_without_weights():
     assert mobile.config.num_cells == 9 and mobile.classifier.out_features == 10
 
 
+@pytest.mark.quick
 def test_local_weights_with_num_classes_and_features_only(mobile_weights):
     path, ref = mobile_weights
     net = torch.hub.load(ROOT, 'pnasnet5mobile', source='local', weights=path, num_classes=5)
     assert net.classifier.out_features == 5 and net.config.num_classes == 5
-    assert torch.equal(net.cells[3]._ops[0].depthwise1.weight, ref.cells[3]._ops[0].depthwise1.weight)
+    assert torch.equal(net.cells[3].ops[0].depthwise1.weight, ref.cells[3].ops[0].depthwise1.weight)
     feats = torch.hub.load(ROOT, 'pnasnet5mobile', source='local', weights=path, features_only=True,
                            out_indices=(1, 4))
     x = torch.randn(1, 3, 96, 96)
@@ -37,4 +39,4 @@ def test_local_weights_with_num_classes_and_features_only(mobile_weights):
         maps = feats(x)
         want = ref.eval().forward_stages(x, (1, 4))
     assert len(maps) == 2 and all(torch.equal(a, b) for a, b in zip(maps, want))
-    assert feats.feature_info.channels((1, 4)) == [ref.feature_info.channels(1), ref.num_features]
+    assert feats.feature_info.channels((1, 4)) == [ref.feature_info[1]['num_chs'], ref.num_features]

@@ -6,6 +6,7 @@ import pytest
 import torch
 
 import genotypes
+import hubconf
 import model
 from genotypes import GenotypeError
 from model import NetworkImageNet, PNASNetConfig
@@ -17,15 +18,16 @@ def n_params(net):
     return sum(p.numel() for p in net.parameters())
 
 
+@pytest.mark.quick
 def test_full_presets_have_the_checkpoint_parameter_counts():
-    large, mobile = model.pnasnet5large(), model.pnasnet5mobile()
+    large, mobile = NetworkImageNet(PNASNetConfig.large()), NetworkImageNet(PNASNetConfig.mobile())
     assert n_params(large) == 86_061_989
     assert n_params(mobile) == 5_066_202
     assert large.num_features == 4320 and mobile.num_features == 1080
     assert PNASNetConfig.large().reduction_indices == [4, 8]
     assert PNASNetConfig.mobile().reduction_indices == [3, 6]
-    assert model.pnasnet5large(auxiliary=True).auxiliary_head.kernel_size == 6
-    assert model.pnasnet5mobile(auxiliary=True).auxiliary_head.kernel_size == 4
+    assert NetworkImageNet(PNASNetConfig.large(auxiliary=True)).auxiliary_head.kernel_size == 6
+    assert NetworkImageNet(PNASNetConfig.mobile(auxiliary=True)).auxiliary_head.kernel_size == 4
 
 
 def test_aux_kernel_size_and_the_smallest_input_the_aux_head_fits():
@@ -83,6 +85,7 @@ def test_a_genotype_given_as_a_dict_round_trips():
     (dict(reduce_concat=[]), 'non-empty'),
     (dict(reduce_concat=[2, 9]), 'entry 9'),
 ])
+@pytest.mark.quick
 def test_validate_rejects_bad_genotypes(change, message):
     bad = genotypes.PNASNet._replace(**change)
     with pytest.raises(GenotypeError) as err:
@@ -171,7 +174,7 @@ def test_load_pretrained_reads_config_files_and_bare_state_dicts(tmp_path):
         assert torch.equal(loaded(x), net(x))
     assert model.load_pretrained(str(path), auxiliary=True).auxiliary_head is not None
 
-    large = model.pnasnet5large().eval()
+    large = NetworkImageNet(PNASNetConfig.large()).eval()
     bare = tmp_path / 'bare.pth'
     torch.save(large.state_dict(), bare)
     loaded = model.load_pretrained(str(bare))
@@ -180,6 +183,7 @@ def test_load_pretrained_reads_config_files_and_bare_state_dicts(tmp_path):
         assert torch.equal(a, b), k
 
 
+@pytest.mark.quick
 def test_load_pretrained_errors_name_the_file_and_the_fix(tmp_path):
     with pytest.raises(model.CheckpointError, match='convert.py'):
         model.load_pretrained(str(tmp_path / 'missing.pth'))
@@ -239,56 +243,19 @@ def test_features_in_training_mode_do_not_run_the_aux_head():
     assert calls == [1] and logits_aux.shape == logits.shape
 
 
-def test_summary_counts_equal_flop_counter_mode_and_the_models_parameters():
-    from torch.utils.flop_counter import FlopCounterMode
-    config = PNASNetConfig.mobile(genotype='DARTS_V2', num_conv_filters=8, num_cells=3)
-    s = model.summarize(config, 96, time_forward=True)
-    net = NetworkImageNet(dataclasses.replace(config, image_size=96, auxiliary=True)).eval()
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:  # a real CPU forward, where the summary counted on meta
-        net(torch.randn(1, 3, 96, 96))
-    assert s['multiply_adds'] == counter.get_total_flops() // 2 > 0
-    assert s['parameters_with_aux'] == sum(p.numel() for p in net.parameters())
-    assert s['parameters'] == sum(p.numel() for p in NetworkImageNet(config).parameters())
-    assert s['cell_outputs']['conv0'] == [1, 32, 47, 47] and len(s['cell_outputs']) == 1 + 2 + 3
-    assert s['cell_outputs']['cell_2'][1:] == [net.num_features, 3, 3] and s['forward_seconds'] > 0
-
-
-def test_summary_of_pnasnet5_large_at_331():
-    s = model.summarize(PNASNetConfig.large(), time_forward=False)
-    assert s['parameters'] == 86_061_989  # 86.1 M, as published
-    assert abs(s['multiply_adds'] / 1e9 - 25.0) < 0.1, s['multiply_adds']  # timm: 25.04 GMACs
-
-
-def test_summary_cli_compares_two_genotypes_and_reads_json_genotypes(tmp_path, capsys):
-    import json
-    path = tmp_path / 'mine.json'
-    path.write_text(json.dumps(genotypes.to_dict(genotypes.DARTS_V1)))
-    small = ['--preset', 'mobile', '--filters', '8', '--cells', '3', '--image-size', '64', '--no-time']
-    assert model.main(['--summary', '--compare', 'PNASNet', str(path), '--json'] + small) == 0
-    a, b = json.loads(capsys.readouterr().out)
-    assert a['genotype'] == 'PNASNet' and b['genotype'] == str(path)
-    darts = model.summarize(PNASNetConfig.mobile(genotype='DARTS_V1', num_conv_filters=8,
-                                                 num_cells=3), 64, time_forward=False)
-    assert b['multiply_adds'] == darts['multiply_adds'] != a['multiply_adds']
-    assert model.main(['--summary'] + small) == 0
-    assert 'multiply-adds:' in capsys.readouterr().out
-    assert model.main(['--summary', '--genotype', 'NoSuchNet'] + small) == 1
-    err = capsys.readouterr().err.strip().splitlines()
-    assert len(err) == 1 and "unknown genotype 'NoSuchNet'" in err[0]
-
-
+@pytest.mark.quick
 def test_forward_stages_taps_strides_and_channels_match_timms_for_large():
     import timm
     with torch.device('meta'):
         large = NetworkImageNet(PNASNetConfig.large())
         mobile = NetworkImageNet(PNASNetConfig.mobile())
     ref = timm.create_model('pnasnet5large', pretrained=False, features_only=True)
-    assert large.feature_info.channels() == ref.feature_info.channels() == [96, 270, 1080, 2160, 4320]
-    assert large.feature_info.reduction() == ref.feature_info.reduction() == [2, 4, 8, 16, 32]
-    assert large.feature_info.module_name() == ['conv0_bn', 'cells.0', 'cells.5', 'cells.9', 'cells.13']
-    assert mobile.feature_info.channels() == [32, 65, 270, 540, 1080]
-    assert mobile.feature_info.reduction() == [2, 4, 8, 16, 32]
+    large, mobile = hubconf.FeatureInfo(large.feature_info), hubconf.FeatureInfo(mobile.feature_info)
+    assert large.channels() == ref.feature_info.channels() == [96, 270, 1080, 2160, 4320]
+    assert large.reduction() == ref.feature_info.reduction() == [2, 4, 8, 16, 32]
+    assert large.module_name() == ['conv0_bn', 'cells.0', 'cells.5', 'cells.9', 'cells.13']
+    assert mobile.channels() == [32, 65, 270, 540, 1080]
+    assert mobile.reduction() == [2, 4, 8, 16, 32]
 
 
 @pytest.mark.parametrize('preset, size', [('large', 331), ('mobile', 224)])
@@ -305,16 +272,17 @@ def test_forward_stages_shapes_and_the_last_map_is_forward_features(preset, size
     taps = [0] + [k + 1 for k, c in enumerate(net.cells)
                   if k + 1 == len(net.cells) or net.cells[k + 1].reduction]
     assert [tuple(m.shape) for m in maps] == [
-        (2, c, sizes[t], sizes[t]) for c, t in zip(net.feature_info.channels(), taps)]
+        (2, d['num_chs'], sizes[t], sizes[t]) for d, t in zip(net.feature_info, taps)]
     assert torch.equal(maps[-1], feats) and (maps[1] >= 0).all()
     assert torch.equal(picked[0], maps[1]) and torch.equal(picked[1], maps[-1])
-    only = NetworkImageNet(config, features_only=True, out_indices=(2, 3))
-    only.load_state_dict(net.state_dict())
+    only = hubconf.Features(net, out_indices=(2, 3))
     with torch.no_grad():
         got = only.eval()(x)
     assert len(got) == 2 and torch.equal(got[0], maps[2]) and torch.equal(got[1], maps[3])
     with pytest.raises(ValueError, match='out_indices: 5'):
-        NetworkImageNet(config, features_only=True, out_indices=(5,))
+        hubconf.Features(net, out_indices=(5,))
+    with pytest.raises(ValueError, match='out_indices: -6'):
+        net.forward_stages(x, out_indices=(-6,))
 
 
 @pytest.mark.parametrize('preset', ['large', 'mobile'])
@@ -342,7 +310,7 @@ def test_timm_style_default_cfg_forward_features_and_reset_classifier(preset):
         net.reset_classifier(0)
         out = net(x)
     assert out.shape == (1, net.num_features) and torch.equal(out, pre)
-    assert net.feature_info.channels()[-1] == net.num_features and net.feature_info.reduction()[-1] == 32
+    assert net.feature_info[-1]['num_chs'] == net.num_features and net.feature_info[-1]['reduction'] == 32
 
 
 def test_grad_checkpointing_gives_the_same_loss_and_gradients():
@@ -430,6 +398,7 @@ def test_fx_traces_the_training_graph_with_drop_path_and_the_aux_head():
     assert torch.equal(logits, t_logits) and torch.equal(aux, t_aux)
 
 
+@pytest.mark.quick
 def test_the_research_model_stays_plain():
     """model.py and operations.py: no autograd Function, tracing/export switch or speed-only
     argument; Cell.forward fits on a screen; model.py imports nothing of the scripts."""
