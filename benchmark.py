@@ -33,6 +33,7 @@ import torch
 
 import engine
 import model as model_mod
+import runtime
 import utils
 
 CONV_KINDS = ('1x1', 'depthwise', 'other')
@@ -235,22 +236,20 @@ def build(args, device, timm, workdir: str) -> Bench:
     """A random PNASNet-5 Large checkpoint, converted; this port's runners (fp32 engine, bf16
     where the device has it natively, plain NCHW, fp16 on CUDA, torch.compile if asked), timm's
     two layouts and the TF graph, each with its logits of the batch."""
-    import convert
     import tf_reference
+    import tf_weights
     config = model_mod.PNASNetConfig.large(image_size=args.size)
     prefix = os.path.join(workdir, 'model.ckpt')
     print(f'making a random PNASNet-5 Large checkpoint ({config.num_conv_filters} filters) ...', flush=True)
-    images = tf_reference.calibration_images(args.size, n=args.batch, seed=42)
+    images, x = tf_reference.check_images(args.size, n=args.batch, seed=42)
     # the aux head is not timed; it stays in the checkpoint where it fits, so that the default
     # run's random weights (drawn in variable order) are the ones its figures were measured with
     aux = model_mod.aux_kernel_size(config, args.size) >= 1
     tf_reference.make_random_checkpoint(prefix, config, seed=1, aux=aux, image_size=args.size)
-    pth = os.path.join(workdir, 'large.pth')
-    convert.convert(prefix, pth, check=False, log=lambda *a: None)
-
-    plain = model_mod.load_pretrained(pth).to(device)
+    plain, _ = tf_weights.network_from_checkpoint(prefix)
+    plain = plain.to(device)
     fast = engine.InferenceModel(plain)
-    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy()).to(device)
+    x = x.to(device)
     x_cl = x.contiguous(memory_format=torch.channels_last)
     runners = {'fp32': _forward(fast, x_cl, device), 'plain_fp32': _forward(plain, x, device)}
     rss0 = rss_mb()
@@ -262,7 +261,7 @@ def build(args, device, timm, workdir: str) -> Bench:
         memory['cuda_max_allocated_mb'] = torch.cuda.max_memory_allocated() / 2 ** 20
     logits['plain_fp32'] = runners['plain_fp32']().float().cpu().numpy()
     notes = []
-    if device.type == 'cuda' or engine.cpu_has_native_bf16():
+    if device.type == 'cuda' or runtime.cpu_has_native_bf16():
         runners['bf16'] = _forward(fast, x_cl, device, torch.bfloat16)
         logits['bf16'] = runners['bf16']().float().cpu().numpy()
     else:
@@ -481,7 +480,7 @@ def train_main(args, device, timm) -> int:
     else:
         notes.append('timm is not installed: its rows are skipped (pip install timm)')
     precisions = ['fp32']
-    if device.type == 'cuda' or engine.cpu_has_native_bf16() or args.bf16_anyway:
+    if device.type == 'cuda' or runtime.cpu_has_native_bf16() or args.bf16_anyway:
         precisions.append('bf16')
     else:
         notes.append('bf16 skipped: this CPU has no native bfloat16, where a bf16 step runs about '

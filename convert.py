@@ -16,11 +16,9 @@ on a test image. Only then is the output written (atomically; an existing file i
 ``--force``). It holds ``{'config': ..., 'state_dict': ...}`` for ``model.load_pretrained``.
 """
 import argparse
-import dataclasses
 import glob
 import http.client
 import os
-import re
 import shutil
 import sys
 import tarfile
@@ -33,31 +31,20 @@ from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
-import torch.nn as nn
 
-import genotypes
+import tf_reference
 import utils
-from model import MIN_IMAGE_SIZE, NetworkImageNet, PNASNetConfig, cell_scopes, load_pretrained
-from operations import (Conv7x1x1x7, DilConv, FactorizedReduce, Pool, ReLUConvBN, SepConv,
-                        SkipConnect)
-# the aux head's BatchNorms, which the official release does not hold (README, "Weights and
-# data"): a checkpoint without all of them gets fresh ones
-from tf_reference import AUX_BN, TF_REL_TOL, tf_tolerance
-
-# Variables that training leaves in a checkpoint but that are not part of the network.
-BOOKKEEPING = re.compile(r'(^global_step$)|(/(Momentum|RMSProp(_1)?|Adam(_1)?|ExponentialMovingAverage)$)'
-                         r'|(^beta[12]_power$)|(^learning_rate$)')
-
+from model import MIN_IMAGE_SIZE, NetworkImageNet, PNASNetConfig, load_pretrained
+from tf_reference import AUX_BN, TF_REL_TOL, check_images, tf_tolerance
+from tf_weights import (AUX_NOTES, ConvertError, aux_logits_as_tf, compare_with_tf, infer_config,
+                        load_tf_weights, name_map, network_from_checkpoint, read_checkpoint,
+                        tf_to_torch)
 
 OFFICIAL_URLS = {
     'large': 'http://download.tensorflow.org/models/pnasnet-5_large_2017_12_13.tar.gz',
     'mobile': 'http://download.tensorflow.org/models/pnasnet-5_mobile_2017_12_13.tar.gz',
 }
 ARCHIVE_EXTENSIONS = ('.tar.gz', '.tgz', '.tar')
-
-
-class ConvertError(RuntimeError):
-    """A problem the user can fix; the message names the file or tensor and what to do."""
 
 
 # --- fetching the official archive ----------------------------------------------------------------
@@ -85,14 +72,13 @@ def download(url: str, dest: str, timeout: float = 60.0) -> None:
         made.append(parent)
         parent = os.path.dirname(parent)
     try:
-        os.makedirs(folder, exist_ok=True)
-        fd, tmp = tempfile.mkstemp(prefix=f'.{name}.', suffix='.part', dir=folder)
+        tmp = utils.temporary_beside(dest, suffix='.part')
     except OSError as e:
         raise ConvertError(f'cannot write the download of {url} to {folder} '
                            f'({e.strerror or e}); {manual}') from None
     try:
         from tqdm import tqdm
-        with os.fdopen(fd, 'wb') as f:
+        with open(tmp, 'wb') as f:
             request = urllib.request.Request(url, headers={'User-Agent': 'pnasnet-convert'})
             with urllib.request.urlopen(request, timeout=timeout) as response:
                 length = response.headers.get('Content-Length', '')
@@ -109,7 +95,7 @@ def download(url: str, dest: str, timeout: float = 60.0) -> None:
                         bar.update(len(chunk))
                 if total is not None and received != total:
                     raise http.client.IncompleteRead(b'', total - received)
-        os.replace(tmp, dest)
+        utils.publish(tmp, dest)
     except BaseException as e:
         if os.path.exists(tmp):
             os.remove(tmp)
@@ -201,236 +187,6 @@ def resolve_checkpoint(path: str, workdir: str) -> str:
                            f'unpack pnasnet-5_large_2017_12_13.tar.gz into data/ (see README.md) '
                            f'or pass --checkpoint')
     return path
-
-
-def read_checkpoint(prefix: str) -> Dict[str, np.ndarray]:
-    """All tensors of a TF checkpoint, read without building a graph."""
-    from tf_reference import import_tf
-    tf = import_tf()
-    try:
-        reader = tf.train.load_checkpoint(prefix)
-        names = reader.get_variable_to_shape_map()
-        return {name: np.asarray(reader.get_tensor(name)) for name in names}
-    except Exception as e:  # TF raises several types for truncated or foreign files
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConvertError(f'{prefix}: cannot read the TF checkpoint ({first}); check that both '
-                           f'{os.path.basename(prefix)}.index and .data-* are complete') from None
-
-
-def _shape(tensors, name) -> Tuple[int, ...]:
-    if name not in tensors:
-        raise ConvertError(f'tensor {name} is missing: this is not a PNASNet-5 TF-Slim checkpoint')
-    return tuple(tensors[name].shape)
-
-
-def infer_config(tensors: Dict[str, np.ndarray]) -> PNASNetConfig:
-    """The PNASNet config that the checkpoint's shapes describe."""
-    c_stem = _shape(tensors, 'conv0/weights')[3]
-    filters = _shape(tensors, 'cell_0/1x1/weights')[3]
-    num_cells = 0
-    while f'cell_{num_cells}/1x1/weights' in tensors:
-        num_cells += 1
-    num_classes = _shape(tensors, 'final_layer/FC/biases')[0]
-    config = PNASNetConfig(stem_multiplier=c_stem / 32, num_conv_filters=filters,
-                           num_cells=num_cells, num_classes=num_classes)
-    if (c_stem, filters, num_cells) == (32, 54, 9):
-        config.image_size = 224
-    aux = [n for n in tensors if n.startswith('aux_') and n.endswith('/aux_logits/Conv/weights')]
-    if aux:
-        kernel = _shape(tensors, aux[0])[0]
-        config.auxiliary = True
-        config.image_size = _image_size_for_aux(config, kernel)
-    return config
-
-
-def _image_size_for_aux(config: PNASNetConfig, kernel: int) -> int:
-    """The training size the aux head's kernel implies: the preset's if it fits, else the smallest."""
-    from model import aux_kernel_size
-
-    def fits(size):
-        return aux_kernel_size(config, size) == kernel
-    for size in [config.image_size, 331, 224, 299, 323]:
-        if fits(size):
-            return size
-    for size in range(32, 2048):
-        if fits(size):
-            return size
-    raise ConvertError(f'no input size gives the aux head kernel {kernel}x{kernel} of this checkpoint')
-
-
-# --- the name map ----------------------------------------------------------------------------------
-
-def _conv(pt: str, tf: str, kind: str = 'conv') -> List[Tuple[str, str, str]]:
-    return [(pt + '.weight', tf, kind)]
-
-
-def _bn(pt: str, scope: str) -> List[Tuple[str, str, str]]:
-    return [(f'{pt}.weight', f'{scope}/gamma', 'vec'), (f'{pt}.bias', f'{scope}/beta', 'vec'),
-            (f'{pt}.running_mean', f'{scope}/moving_mean', 'vec'),
-            (f'{pt}.running_var', f'{scope}/moving_variance', 'vec')]
-
-
-def _op_entries(op: nn.Module, pt: str, scope: str) -> List[Tuple[str, str, str]]:
-    if isinstance(op, SepConv):
-        k = op.kernel_size
-        out = []
-        for rep in (1, 2):
-            out += _conv(f'{pt}.depthwise{rep}', f'{scope}/separable_{k}x{k}_{rep}/depthwise_weights', 'dw')
-            out += _conv(f'{pt}.pointwise{rep}', f'{scope}/separable_{k}x{k}_{rep}/pointwise_weights')
-            out += _bn(f'{pt}.bn{rep}', f'{scope}/bn_sep_{k}x{k}_{rep}')
-        return out
-    if isinstance(op, (Pool, SkipConnect)):
-        if not op.project:
-            return []
-        return _conv(f'{pt}.conv', f'{scope}/1x1/weights') + _bn(f'{pt}.bn', f'{scope}/bn_1')
-    if isinstance(op, DilConv):
-        k = op.kernel_size
-        return (_conv(f'{pt}.depthwise', f'{scope}/dil_{k}x{k}/depthwise_weights', 'dw')
-                + _conv(f'{pt}.pointwise', f'{scope}/dil_{k}x{k}/pointwise_weights')
-                + _bn(f'{pt}.bn', f'{scope}/bn_1'))
-    if isinstance(op, Conv7x1x1x7):
-        return (_conv(f'{pt}.conv_1x7', f'{scope}/conv_1x7/weights')
-                + _conv(f'{pt}.conv_7x1', f'{scope}/conv_7x1/weights') + _bn(f'{pt}.bn', f'{scope}/bn_1'))
-    if list(op.parameters()):
-        raise ConvertError(f'no TF-Slim names known for op {type(op).__name__} at {pt}')
-    return []
-
-
-def name_map(net: NetworkImageNet) -> List[Tuple[str, str, str]]:
-    """(PyTorch state-dict key, TF variable name, layout) for every tensor of ``net``."""
-    if net.config.stem == 'cifar':  # nasnet.py's _cifar_stem
-        entries = _conv('conv0', 'l1_stem_3x3/weights') + _bn('conv0_bn', 'l1_stem_bn')
-    else:
-        entries = _conv('conv0', 'conv0/weights') + _bn('conv0_bn', 'conv0_bn')
-    for k, (cell, scope) in enumerate(zip(net.cells, cell_scopes(net))):
-        pt = f'cells.{k}'
-        p0 = cell.preprocess0
-        if isinstance(p0, FactorizedReduce):
-            entries += (_conv(f'{pt}.preprocess0.conv_1', f'{scope}/path1_conv/weights')
-                        + _conv(f'{pt}.preprocess0.conv_2', f'{scope}/path2_conv/weights')
-                        + _bn(f'{pt}.preprocess0.bn', f'{scope}/final_path_bn'))
-        elif isinstance(p0, ReLUConvBN):
-            entries += (_conv(f'{pt}.preprocess0.conv', f'{scope}/prev_1x1/weights')
-                        + _bn(f'{pt}.preprocess0.bn', f'{scope}/prev_bn'))
-        entries += (_conv(f'{pt}.preprocess1.conv', f'{scope}/1x1/weights')
-                    + _bn(f'{pt}.preprocess1.bn', f'{scope}/beginning_bn'))
-        for j, op in enumerate(cell._ops):
-            side = 'left' if j % 2 == 0 else 'right'
-            entries += _op_entries(op, f'{pt}._ops.{j}', f'{scope}/comb_iter_{j // 2}/{side}')
-    if net.auxiliary_head is not None:
-        scope = f'aux_{net.aux_index - net.config.num_stem_cells}/aux_logits'
-        entries += (_conv('auxiliary_head.proj', f'{scope}/proj/weights')
-                    + _bn('auxiliary_head.bn0', f'{scope}/aux_bn0')
-                    + _conv('auxiliary_head.conv', f'{scope}/Conv/weights')
-                    + _bn('auxiliary_head.bn1', f'{scope}/aux_bn1')
-                    + [('auxiliary_head.classifier.weight', f'{scope}/FC/weights', 'fc'),
-                       ('auxiliary_head.classifier.bias', f'{scope}/FC/biases', 'vec')])
-    entries += [('classifier.weight', 'final_layer/FC/weights', 'fc'),
-                ('classifier.bias', 'final_layer/FC/biases', 'vec')]
-    return entries
-
-
-def tf_to_torch(value: np.ndarray, layout: str) -> np.ndarray:
-    if layout == 'conv':   # [kh, kw, in, out] -> [out, in, kh, kw]
-        return value.transpose(3, 2, 0, 1)
-    if layout == 'dw':     # [kh, kw, in, 1] -> [in, 1, kh, kw]
-        return value.transpose(2, 3, 0, 1)
-    if layout == 'fc':     # [in, out] -> [out, in]
-        return value.T
-    return value
-
-
-AUX_NOTES = {
-    'complete': 'aux head: proj, aux_bn0, Conv, aux_bn1 and FC from the checkpoint',
-    'release': 'aux head: proj, Conv and FC from the checkpoint; aux_bn0/aux_bn1 absent from it '
-               '(as in the official release), initialised fresh (gamma 1, beta 0, mean 0, var 1)',
-    'absent': 'aux head: none in the checkpoint, none converted',
-}
-
-
-def load_tf_weights(net: NetworkImageNet, tensors: Dict[str, np.ndarray]) -> Dict[str, list]:
-    """Copies the checkpoint into ``net``, asserting every shape; returns what was ignored and
-    what became of the aux head (``'complete'``, ``'release'``: without its BatchNorms, which
-    then keep their fresh initialisation, or ``'absent'``)."""
-    state = net.state_dict()
-    entries = name_map(net)
-    aux_bn = {tf_name for _, tf_name, _ in entries if AUX_BN.match(tf_name)}
-    # all of the aux BNs missing is the release's shape; some of them missing is a broken file
-    fresh = aux_bn if aux_bn and not aux_bn & set(tensors) else set()
-    if fresh:
-        for bn in (net.auxiliary_head.bn0, net.auxiliary_head.bn1):
-            bn.reset_parameters()
-    used, assigned = set(), set()
-    for pt_key, tf_name, layout in entries:
-        if tf_name in fresh:
-            assigned.add(pt_key)
-            continue
-        if tf_name not in tensors:
-            raise ConvertError(f'tensor {tf_name} (for {pt_key}) is missing from the checkpoint: '
-                               f'it is not a PNASNet-5 checkpoint of the shape its other tensors '
-                               f'suggest')
-        value = tf_to_torch(tensors[tf_name], layout)
-        if tuple(value.shape) != tuple(state[pt_key].shape):
-            raise ConvertError(f'tensor {tf_name} has shape {list(tensors[tf_name].shape)}, but '
-                               f'{pt_key} needs {list(state[pt_key].shape)} after the transpose: '
-                               f'the checkpoint is of another network')
-        state[pt_key].copy_(torch.from_numpy(np.ascontiguousarray(value, dtype=np.float32)))
-        used.add(tf_name)
-        assigned.add(pt_key)
-    # check (1): nothing left over on either side
-    unset = [k for k in state if k not in assigned and not k.endswith('num_batches_tracked')]
-    if unset:
-        raise ConvertError(f'the checkpoint set no value for {unset[0]} ({len(unset)} in all)')
-    leftover = sorted(set(tensors) - used)
-    bookkeeping = [n for n in leftover if BOOKKEEPING.search(n)]
-    unknown = [n for n in leftover if n not in bookkeeping]
-    if unknown:
-        raise ConvertError(f'checkpoint tensor {unknown[0]} {list(tensors[unknown[0]].shape)} was '
-                           f'not used ({len(unknown)} in all): the checkpoint holds more than a '
-                           f'PNASNet-5 of this shape')
-    aux = 'absent' if net.auxiliary_head is None else 'release' if fresh else 'complete'
-    return {'used': sorted(used), 'bookkeeping': bookkeeping, 'aux_head': aux}
-
-
-# --- check (2): logits against the TensorFlow twin --------------------------------------------------
-
-def compare_with_tf(prefix: str, net: NetworkImageNet, image_size: int,
-                    with_aux: bool) -> Dict[str, float]:
-    """Max |difference| of logits, global-pool features (and aux logits) against tf_reference.py
-    restored from the same checkpoint, on two smooth test images."""
-    import tf_reference
-    images = tf_reference.calibration_images(image_size, n=2, seed=2018)
-    ref = tf_reference.run_checkpoint(prefix, net.config, images, aux=with_aux)
-    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
-    net.eval()
-    with torch.no_grad():
-        logits = net(x).numpy()
-        feats = net.extract_features(x).numpy()
-    out = {'logits': float(np.abs(logits - ref['logits']).max()),
-           'features': float(np.abs(feats - ref['global_pool']).max()),
-           'logit_scale': float(np.abs(ref['logits']).max()),
-           'feature_scale': float(np.abs(ref['global_pool']).max())}
-    if with_aux:
-        aux = aux_logits_as_tf(net, x).numpy()
-        out['aux_logits'] = float(np.abs(aux - ref['aux_logits']).max())
-        out['aux_scale'] = float(np.abs(ref['aux_logits']).max())
-    return out
-
-
-def aux_logits_as_tf(net: NetworkImageNet, x: torch.Tensor) -> torch.Tensor:
-    """The aux logits as TF-Slim computes them: the training graph (the aux head exists only
-    there), BatchNorm on its moving statistics, no dropout or drop path. ``net`` ends in eval mode."""
-    net.train()
-    for m in net.modules():
-        if isinstance(m, (nn.BatchNorm2d, nn.Dropout)):
-            m.eval()
-    saved, net.drop_path_prob = net.drop_path_prob, 0.0
-    try:
-        with torch.no_grad():
-            return net(x)[1]
-    finally:
-        net.drop_path_prob = saved
-        net.eval()
 
 
 # --- the conversion --------------------------------------------------------------------------------
@@ -528,7 +284,6 @@ def self_test(log=print) -> bool:
     Mobile-shaped config (with an odd stem-cell width, as Mobile has), each both with its whole
     aux head and shaped as the release is (no aux BatchNorm): then the aux head must load for
     fine-tuning with its convs and FC from the checkpoint and fresh BNs."""
-    import tf_reference
     ok = True
     cases = [(f'{name}{" release" if release else ""}', cfg, release)
              for name, cfg in (('large-shaped', PNASNetConfig.large(num_conv_filters=8)),
@@ -561,7 +316,6 @@ def self_test(log=print) -> bool:
 def _aux_head_as_converted(net: NetworkImageNet, values: Dict[str, np.ndarray], release: bool) -> bool:
     """The loaded aux head holds the checkpoint's proj/Conv/FC, fresh BNs where the release
     lacks them, and runs a training step's forward and backward."""
-    import tf_reference
     head = net.auxiliary_head
     scope = f'aux_{net.aux_index - net.config.num_stem_cells}/aux_logits'
     ok = np.array_equal(head.proj.weight.detach().numpy(),
@@ -572,8 +326,7 @@ def _aux_head_as_converted(net: NetworkImageNet, values: Dict[str, np.ndarray], 
             ok &= bool((bn.weight == 1).all() and (bn.bias == 0).all()
                        and (bn.running_mean == 0).all() and (bn.running_var == 1).all())
     net.train()
-    images = tf_reference.calibration_images(net.config.image_size, n=2, seed=3)
-    x = torch.from_numpy(images.transpose(0, 3, 1, 2).copy())
+    _, x = check_images(net.config.image_size, seed=3)
     logits, logits_aux = net(x)
     (logits.sum() + 0.4 * logits_aux.sum()).backward()
     ok &= head.conv.weight.grad is not None and bool(torch.isfinite(logits_aux).all())
@@ -665,8 +418,7 @@ def _timm_model(num_classes: int):
 def _compare_with_timm(net: NetworkImageNet, timm_net, image_size: int) -> Tuple[float, float]:
     """(max |logits - timm's|, max |timm's logits|) on two test images; this port's background
     logit, if it has one, is left out, as timm's label_offset does."""
-    import tf_reference
-    x = torch.from_numpy(tf_reference.calibration_images(image_size, n=2, seed=2018).transpose(0, 3, 1, 2).copy())
+    _, x = check_images(image_size)
     with torch.no_grad():
         ours, theirs = net.eval()(x), timm_net(x)
     if ours.shape[1] == theirs.shape[1] + 1:
@@ -738,8 +490,7 @@ def to_timm(path: str, output: str, force: bool = False, check: bool = True,
         net = load_pretrained(path)
     except Exception as e:  # CheckpointError, with its one line
         raise ConvertError(str(e)) from None
-    shape = (net.config.stem_multiplier, net.config.num_conv_filters, net.config.num_cells)
-    if shape != (3.0, 216, 12) or genotypes.get(net.config.genotype) != genotypes.PNASNet:
+    if not net.config.same_body(PNASNetConfig.large()):
         raise ConvertError(f'{path}: timm has only pnasnet5large (PNASNet genotype, 216 filters, '
                            f'12 cells, stem 96); this file is another network')
     source = net.state_dict()
@@ -763,6 +514,54 @@ def to_timm(path: str, output: str, force: bool = False, check: bool = True,
         utils.write_atomic(output, lambda f: torch.save(state, f))
     log(f'wrote {output} (timm pnasnet5large, {classes} classes)')
     return report
+
+
+# --- how far TensorFlow is from itself: the floor under check 2's bound ----------------------------
+
+def tf_endpoints(prefix: str, size: int, out: str) -> None:
+    """The twin restored from ``prefix`` (its config read from the checkpoint) on the check
+    images at ``size``, its endpoints saved to ``out``: the body of one ``--tf-endpoints``
+    process of ``floor``."""
+    tensors = read_checkpoint(prefix)
+    config = infer_config(tensors)
+    aux = any(AUX_BN.match(n) for n in tensors)  # the published files lack the aux BatchNorms
+    images, _ = check_images(size)
+    ends = tf_reference.run_checkpoint(prefix, config, images, aux=aux and size == config.image_size)
+    np.savez(out, **ends)
+
+
+def floor(prefix: str, size: Optional[int] = None, log=print) -> Dict[str, dict]:
+    """TensorFlow against itself (``TF_ENABLE_ONEDNN_OPTS=0`` against ``=1``, each in a process of
+    its own, since TF reads the variable once) and the port against both, on one checkpoint and
+    the check images of check 2. Returns, per endpoint, the largest magnitude and the max
+    |difference| of each pair."""
+    import subprocess
+    net, _ = network_from_checkpoint(prefix, auxiliary=True)
+    size = size or net.config.image_size
+    with tempfile.TemporaryDirectory(prefix='pnasnet_floor_') as tmp:
+        tf_out = {}
+        for flag in ('0', '1'):
+            out = os.path.join(tmp, f'tf{flag}.npz')
+            env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=flag)
+            subprocess.run([sys.executable, os.path.abspath(__file__), '--tf-endpoints', prefix,
+                            '--image-size', str(size), '--out', out], env=env, check=True)
+            tf_out[flag] = dict(np.load(out))
+    _, x = check_images(size)
+    with torch.no_grad():
+        port = {'logits': net(x).numpy(), 'global_pool': net.extract_features(x).numpy()}
+    if 'aux_logits' in tf_out['0']:
+        port['aux_logits'] = aux_logits_as_tf(net, x).numpy()
+    rows = {}
+    for name, mine in port.items():
+        a, b = tf_out['0'][name], tf_out['1'][name]
+        rows[name] = {'scale': float(np.abs(a).max()), 'tf0_tf1': float(np.abs(a - b).max()),
+                      'port_tf0': float(np.abs(mine - a).max()), 'port_tf1': float(np.abs(mine - b).max())}
+        r = rows[name]
+        log(f'{name:12s} max|TF| {r["scale"]:8.3g}   TF oneDNN off vs on {r["tf0_tf1"]:9.3g} '
+            f'({r["tf0_tf1"] / r["scale"]:.2e} of max|TF|)   port vs off {r["port_tf0"]:9.3g} '
+            f'({r["port_tf0"] / r["scale"]:.2e})   port vs on {r["port_tf1"]:9.3g} '
+            f'({r["port_tf1"] / r["scale"]:.2e})')
+    return rows
 
 
 def main(argv=None) -> int:
@@ -791,10 +590,22 @@ def main(argv=None) -> int:
                     help='size of the test image of check 2 (default: the network\'s own)')
     ap.add_argument('--self-test', action='store_true',
                     help='convert random checkpoints of small configs and compare with TF')
+    ap.add_argument('--floor', metavar='PREFIX',
+                    help='TensorFlow against itself (TF_ENABLE_ONEDNN_OPTS=0 against =1) and the '
+                         'port against both, on this checkpoint at --image-size: the fp32 floor '
+                         'under the bound of check 2 (docs/conversion.md); writes nothing')
+    ap.add_argument('--tf-endpoints', metavar='PREFIX', help=argparse.SUPPRESS)
+    ap.add_argument('--out', help=argparse.SUPPRESS)
     args = ap.parse_args(argv)
     try:
         if args.self_test:
             return 0 if self_test() else 1
+        if args.tf_endpoints:
+            tf_endpoints(args.tf_endpoints, args.image_size, args.out)
+            return 0
+        if args.floor:
+            floor(args.floor, args.image_size)
+            return 0
         if args.to_timm:
             if not args.output:
                 raise ConvertError('--to-timm needs --output, the timm state dict to write')

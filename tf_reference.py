@@ -11,23 +11,22 @@ weights for tests.
     python tf_reference.py --make-checkpoint /tmp/rand/model.ckpt --preset large --filters 24
 """
 import argparse
-import contextlib
 import os
 import re
 import sys
-import tempfile
 from typing import Dict, Optional, Sequence, Tuple
 
 import numpy as np
 
 import genotypes as genotypes_mod
 from model import PNASNetConfig
+from utils import import_tf, tf_startup_filtered
 
 BN_EPS = 1e-3
 # Every comparison of the port with TensorFlow (convert.py's check 2, the tests) allows
 # max|port - TF| <= TF_REL_TOL * max|TF| on each compared tensor: logits, features, aux logits.
 # The fp32 floor it rests on is TF against itself, TF_ENABLE_ONEDNN_OPTS=0 against =1 (another
-# summation order), measured by `python tf_reference.py --floor PREFIX`: up to 4.9e-5 of max|TF|
+# summation order), measured by `python convert.py --floor PREFIX`: up to 4.9e-5 of max|TF|
 # (the features of a release-shaped PNASNet-5 Large); the bound is four times that. A wrong
 # padding or a swapped tensor misses it by orders of magnitude (tests/test_convert.py).
 # docs/conversion.md has the figures.
@@ -42,48 +41,6 @@ TF_OP_NAMES = {  # TF-Slim's own names for the PNAS ops, used in variable scopes
     'sep_conv_3x3': 'separable_3x3', 'sep_conv_5x5': 'separable_5x5',
     'sep_conv_7x7': 'separable_7x7', 'dil_conv_3x3': 'dil_3x3', 'dil_conv_5x5': 'dil_5x5',
 }
-
-
-# TensorFlow's start-up notices. The oneDNN one ("oneDNN custom operations are on", from port.cc,
-# twice: once per shared library) is written by absl before absl::InitializeLog(), straight to
-# file descriptor 2 and whatever TF_CPP_MIN_LOG_LEVEL says; TF prints it where it turns oneDNN on,
-# by default on AVX-512 CPUs and with TF_ENABLE_ONEDNN_OPTS=1 anywhere.
-TF_STARTUP_LINE = re.compile(
-    r'All log messages before absl::InitializeLog\(\) is called'
-    r'|^[IW]\d{4} [\d:. ]+\d+ (port|cpu_feature_guard|mlir_graph_optimization_pass)\.cc:\d+\]'
-    r'|^To enable the following instructions: .* rebuild TensorFlow with the appropriate compiler')
-
-
-@contextlib.contextmanager
-def tf_startup_filtered():
-    """Runs its body with file descriptor 2 sent to a temporary file, then writes what came there
-    back to stderr, less TensorFlow's start-up notices (TF_STARTUP_LINE). Errors and warnings of
-    any other kind, TensorFlow's included, still reach the user, after the body."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as tmp:
-        os.dup2(tmp.fileno(), 2)
-        try:
-            yield
-        finally:
-            sys.stderr.flush()
-            os.dup2(saved, 2)
-            os.close(saved)
-            tmp.seek(0)
-            text = tmp.read().decode('utf-8', errors='replace')
-            kept = [line for line in text.splitlines(keepends=True) if not TF_STARTUP_LINE.search(line)]
-            if kept:
-                sys.stderr.write(''.join(kept))
-                sys.stderr.flush()
-
-
-def import_tf():
-    """TensorFlow, imported only where it is needed, without its start-up notices on any CPU."""
-    os.environ.setdefault('TF_CPP_MIN_LOG_LEVEL', '2')
-    with tf_startup_filtered():
-        import tensorflow as tf
-    tf.get_logger().setLevel('ERROR')
-    return tf
 
 
 def _same_pads(n: int, k: int, s: int):
@@ -278,7 +235,7 @@ class _Session:
     """A tf.compat.v1.Session whose runs keep TensorFlow's start-up notices (the MLIR pass line of
     a first run, where TF_CPP_MIN_LOG_LEVEL lets INFO through) off the terminal."""
 
-    def __init__(self, tf, graph, threads: int):
+    def __init__(self, tf, graph, threads: int = 2):
         cfg = tf.compat.v1.ConfigProto(intra_op_parallelism_threads=threads,
                                        inter_op_parallelism_threads=1)
         with tf_startup_filtered():
@@ -296,10 +253,6 @@ class _Session:
 
     def __exit__(self, *exc):
         self.close()
-
-
-def _session(tf, graph, threads: int = 2) -> _Session:
-    return _Session(tf, graph, threads)
 
 
 def variable_shapes(config: PNASNetConfig, image_size: Optional[int] = None,
@@ -324,7 +277,7 @@ def random_weights(shapes: Dict[str, list], seed: int = 0) -> Dict[str, np.ndarr
             fan_in = int(np.prod(shape[:-1])) if leaf != 'depthwise_weights' else shape[0] * shape[1]
             value = rng.standard_normal(shape) * np.sqrt(1.0 / fan_in)
             if name.endswith('FC/weights'):
-                value *= 0.3  # logits of unit scale, where the 1e-4 tolerance is meant
+                value *= 0.3  # logits of unit scale, like a trained network's
         elif leaf == 'gamma':
             value = rng.uniform(0.5, 1.5, shape)
         elif leaf in ('beta', 'biases'):
@@ -350,6 +303,17 @@ def calibration_images(size: int, n: int = 4, seed: int = 1) -> np.ndarray:
     f = (ys - i0)[None, None, :, None]
     img = rows[:, :, i0] * (1 - f) + rows[:, :, i0 + 1] * f
     return (img + rng.normal(0, 0.1, img.shape)).clip(-1, 1).astype(np.float32)
+
+
+CHECK_SEED = 2018  # the images of every check against TF: convert.py's, the floor's, the tests'
+
+
+def check_images(size: int, n: int = 2, seed: int = CHECK_SEED):
+    """The test batch of a comparison with TF: ``calibration_images`` as TF takes them (NHWC
+    NumPy) and as the port takes them (an NCHW float32 tensor), the same numbers."""
+    import torch
+    images = calibration_images(size, n=n, seed=seed)
+    return images, torch.from_numpy(np.ascontiguousarray(images.transpose(0, 3, 1, 2)))
 
 
 def make_random_checkpoint(prefix: str, config: PNASNetConfig, seed: int = 0, aux: bool = True,
@@ -384,7 +348,7 @@ def make_random_checkpoint(prefix: str, config: PNASNetConfig, seed: int = 0, au
             raise ValueError('eval_images need sizes whose aux head matches image_size\'s')
         step = v1.train.get_or_create_global_step()
         values = random_weights({v.op.name: v.shape.as_list() for v in model_vars}, seed)
-        with _session(tf, graph) as sess:
+        with _Session(tf, graph) as sess:
             # one run per step: each new set of fetches costs TF a graph pruning
             sess.run([step.initializer] + [v.initializer for v in model_vars],
                      {v.initial_value: values[v.op.name] for v in model_vars})
@@ -405,17 +369,14 @@ def make_random_checkpoint(prefix: str, config: PNASNetConfig, seed: int = 0, au
 
 
 def write_checkpoint(prefix: str, values: Dict[str, np.ndarray]) -> None:
-    """Writes ``values`` (TF name -> array) as a TF checkpoint, e.g. to make a broken one."""
+    """Writes ``values`` (TF name -> array) as a TF checkpoint, e.g. to make a broken one: the
+    V2 format a ``tf.train.Saver`` writes, by the op that writes it, without building a graph."""
     tf = import_tf()
-    v1 = tf.compat.v1
-    graph = tf.Graph()
-    with graph.as_default():
-        variables = {name: v1.Variable(np.asarray(value), name=name.replace(':', '_'))
-                     for name, value in values.items()}
-        with _session(tf, graph) as sess:
-            sess.run(v1.variables_initializer(list(variables.values())))
-            os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
-            v1.train.Saver(variables).save(sess.sess, prefix, write_meta_graph=False)
+    os.makedirs(os.path.dirname(os.path.abspath(prefix)), exist_ok=True)
+    names = sorted(values)
+    with tf_startup_filtered():
+        tf.raw_ops.SaveV2(prefix=prefix, tensor_names=names, shape_and_slices=[''] * len(names),
+                          tensors=[tf.constant(np.asarray(values[n])) for n in names])
 
 
 class TFModel:
@@ -429,7 +390,7 @@ class TFModel:
         with self.graph.as_default():
             self.images = v1.placeholder(tf.float32, [None, height, width, 3])
             self.ends = _Builder(tf).network(self.images, config, aux=aux)
-            self.sess = _session(tf, self.graph, threads)
+            self.sess = _Session(tf, self.graph, threads)
             with tf_startup_filtered():  # restoring is the graph's first run
                 v1.train.Saver(v1.global_variables()).restore(self.sess.sess, prefix)
 
@@ -451,74 +412,11 @@ def run_checkpoint(prefix: str, config: PNASNetConfig, images_nhwc: np.ndarray,
         net.close()
 
 
-# --- how far TensorFlow is from itself ----------------------------------------------------------------
-
-def _run_saved(prefix: str, size: int, out: str) -> None:
-    """The twin restored from ``prefix`` (its config read from the checkpoint) on the images
-    ``floor`` compares on, endpoints saved to ``out``: the body of one ``--run`` process."""
-    import convert
-    tensors = convert.read_checkpoint(prefix)
-    config = convert.infer_config(tensors)
-    aux = any(AUX_BN.match(n) for n in tensors)  # the published files lack the aux BatchNorms
-    ends = run_checkpoint(prefix, config, calibration_images(size, n=2, seed=2018),
-                          aux=aux and size == config.image_size)
-    np.savez(out, **ends)
-
-
-def floor(prefix: str, size: Optional[int] = None, log=print) -> Dict[str, dict]:
-    """TensorFlow against itself (``TF_ENABLE_ONEDNN_OPTS=0`` against ``=1``, each in a process of
-    its own, since TF reads the variable once) and the port against both, on one checkpoint and
-    the two images convert.py checks on. Returns, per endpoint, the largest magnitude and the max
-    |difference| of each pair."""
-    import subprocess
-    import torch
-    import convert
-    import model as model_mod
-    config = convert.infer_config(convert.read_checkpoint(prefix))
-    size = size or config.image_size
-    with tempfile.TemporaryDirectory(prefix='pnasnet_floor_') as tmp:
-        tf_out = {}
-        for flag in ('0', '1'):
-            out = os.path.join(tmp, f'tf{flag}.npz')
-            env = dict(os.environ, TF_ENABLE_ONEDNN_OPTS=flag)
-            subprocess.run([sys.executable, os.path.abspath(__file__), '--run', prefix, '--size',
-                            str(size), '--out', out], env=env, check=True)
-            tf_out[flag] = dict(np.load(out))
-        pth = os.path.join(tmp, 'port.pth')
-        convert.convert(prefix, pth, check=False, log=lambda *a: None)
-        aux = 'aux_logits' in tf_out['0']
-        net = model_mod.load_pretrained(pth, auxiliary=aux, image_size=size)
-        x = torch.from_numpy(calibration_images(size, n=2, seed=2018).transpose(0, 3, 1, 2).copy())
-        with torch.no_grad():
-            port = {'logits': net(x).numpy(), 'global_pool': net.extract_features(x).numpy()}
-        if aux:
-            port['aux_logits'] = convert.aux_logits_as_tf(net, x).numpy()
-    rows = {}
-    for name, mine in port.items():
-        a, b = tf_out['0'][name], tf_out['1'][name]
-        rows[name] = {'scale': float(np.abs(a).max()), 'tf0_tf1': float(np.abs(a - b).max()),
-                      'port_tf0': float(np.abs(mine - a).max()), 'port_tf1': float(np.abs(mine - b).max())}
-        r = rows[name]
-        log(f'{name:12s} max|TF| {r["scale"]:8.3g}   TF oneDNN off vs on {r["tf0_tf1"]:9.3g} '
-            f'({r["tf0_tf1"] / r["scale"]:.2e} of max|TF|)   port vs off {r["port_tf0"]:9.3g} '
-            f'({r["port_tf0"] / r["scale"]:.2e})   port vs on {r["port_tf1"]:9.3g} '
-            f'({r["port_tf1"] / r["scale"]:.2e})')
-    return rows
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog='More: docs/conversion.md')
-    mode = ap.add_mutually_exclusive_group(required=True)
-    mode.add_argument('--make-checkpoint', metavar='PREFIX',
+    ap.add_argument('--make-checkpoint', metavar='PREFIX', required=True,
                       help='write a random-weight TF-Slim-style checkpoint here')
-    mode.add_argument('--floor', metavar='PREFIX',
-                      help='TensorFlow against itself (TF_ENABLE_ONEDNN_OPTS=0 against =1) and the '
-                           'port against both, on this checkpoint: the fp32 floor behind the '
-                           'tolerance of every comparison with TF (docs/conversion.md)')
-    mode.add_argument('--run', metavar='PREFIX', help=argparse.SUPPRESS)
-    ap.add_argument('--out', help=argparse.SUPPRESS)
-    ap.add_argument('--size', type=int, help='with --floor: the input size (default: the checkpoint\'s)')
     ap.add_argument('--preset', choices=['large', 'mobile'], default='large')
     ap.add_argument('--filters', type=int, help='num_conv_filters (default: the preset\'s)')
     ap.add_argument('--cells', type=int, help='num_cells (default: the preset\'s)')
@@ -527,12 +425,6 @@ def main(argv=None):
     ap.add_argument('--release', action='store_true',
                     help='leave out the aux head\'s BatchNorms, as the published checkpoints do')
     args = ap.parse_args(argv)
-    if args.run:
-        _run_saved(args.run, args.size, args.out)
-        return 0
-    if args.floor:
-        floor(args.floor, args.size)
-        return 0
     overrides = {k: v for k, v in (('num_conv_filters', args.filters), ('num_cells', args.cells),
                                    ('image_size', args.image_size)) if v is not None}
     config = getattr(PNASNetConfig, args.preset)(**overrides)
@@ -544,4 +436,9 @@ def main(argv=None):
 
 
 if __name__ == '__main__':
+    if '--floor' in sys.argv[1:]:
+        # the floor moved to convert.py, beside the check whose bound it measures; the old
+        # command still works (`--size N` is convert.py's `--image-size N`)
+        import convert
+        sys.exit(convert.main(['--image-size' if a == '--size' else a for a in sys.argv[1:]]))
     sys.exit(main())

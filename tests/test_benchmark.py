@@ -1,14 +1,16 @@
 """benchmark.py's bookkeeping (its timings belong to the benchmark itself, not to tests)."""
 import collections
-import copy
 import json
 
 import pytest
 import torch
 
 import benchmark
+import engine
+import runtime
 
 
+@pytest.mark.quick
 def test_timed_rounds_times_every_runner_each_round_in_the_designed_orders():
     calls = []
     runners = {name: (lambda name=name: calls.append(name)) for name in 'abcd'}
@@ -45,7 +47,6 @@ def test_per_round_ratios_pair_each_round_with_itself():
 def _small_nets():
     import model
     torch.manual_seed(0)
-    import engine
     plain = model.NetworkImageNet(model.PNASNetConfig.mobile(num_conv_filters=8, num_cells=3)).eval()
     fast = engine.InferenceModel(plain)
     x = torch.randn(2, 3, 64, 64)
@@ -66,6 +67,7 @@ def test_conv_kind():
     assert benchmark.conv_kind(conv(8, 8, 3, groups=2)) == 'other'
 
 
+@pytest.mark.quick
 def test_time_breakdown_counts_each_conv_of_the_engine_and_of_a_plain_model_once_per_forward():
     plain, fast, x, x_cl = _small_nets()
     expected = _conv_counts(plain)
@@ -119,9 +121,8 @@ def test_train_mode_times_train_py_step_and_checkpointing_saves_memory(tmp_path)
     assert benchmark.main(['--train', '--size', '96', '--rounds', '1', '--no-timm',
                            '--json', str(out)]) == 0
     result = json.loads(out.read_text())
-    import engine
     rows = {'ours_nchw_fp32', 'ours_channels_last_fp32'}
-    if engine.cpu_has_native_bf16():
+    if runtime.cpu_has_native_bf16():
         rows |= {'ours_nchw_bf16', 'ours_channels_last_bf16'}
     assert set(result['rates']) == rows
     assert result['settings']['batch'] == 2

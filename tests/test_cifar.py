@@ -9,10 +9,10 @@ import pytest
 import torch
 
 import cifar
-import convert
 import genotypes
 import model
 import tf_reference
+import tf_weights
 from conftest import assert_every_payload_refused, aux_logits, within_tf_bound
 from model import PNASNetConfig
 
@@ -32,9 +32,10 @@ def test_every_genotype_runs_forward_and_backward_at_32_px(name):
     assert all(p.grad is not None for p in net.parameters())
     shapes = [tuple(m.shape[1:]) for m in net.eval().forward_stages(torch.randn(1, 3, 32, 32))]
     assert [s[1] for s in shapes] == [32, 32, 16, 8]  # stem, then one tap per stride
-    assert net.feature_info.reduction() == [1, 1, 2, 4]
+    assert [d['reduction'] for d in net.feature_info] == [1, 1, 2, 4]
 
 
+@pytest.mark.quick
 def test_the_cifar_stem_is_tf_slims():
     net = model.NetworkCIFAR()
     assert net.config.stem == 'cifar' and net.conv0.stride == (1, 1) and net.conv0.padding == (1, 1)
@@ -61,11 +62,11 @@ def test_pnasnet_cifar_matches_the_tf_twin(tmp_path, tf, filters, cells):
     batch = tf_reference.calibration_images(32, n=3, seed=7)
     prefix = str(tmp_path / 'cifar.ckpt')
     _, (ref,) = tf_reference.make_random_checkpoint(prefix, config, seed=filters, eval_images=[batch])
-    tensors = convert.read_checkpoint(prefix)
+    tensors = tf_weights.read_checkpoint(prefix)
     assert 'l1_stem_3x3/weights' in tensors and not any(k.startswith('cell_stem') for k in tensors)
     net = model.NetworkCIFAR(PNASNetConfig.cifar(num_conv_filters=filters, num_cells=cells,
                                                  auxiliary=True))
-    report = convert.load_tf_weights(net, tensors)
+    report = tf_weights.load_tf_weights(net, tensors)
     assert report['aux_head'] == 'complete' and report['bookkeeping'] == ['global_step']
     net.eval()
     x = torch.from_numpy(batch.transpose(0, 3, 1, 2).copy())
@@ -125,6 +126,7 @@ def test_cifar10_run_in_the_real_format_learns(tmp_path):
     assert isinstance(net, model.NetworkCIFAR) and net.class_names[9] == 'truck'
 
 
+@pytest.mark.quick
 def test_cifar10_bad_copies_get_one_line(tmp_path, capsys):
     import train
     status = train.main(['--dataset', 'cifar10', '--data', str(tmp_path / 'none'), '--output',

@@ -17,7 +17,6 @@ import io
 import numpy as np
 import pytest
 import torch
-import torch.nn.functional as F
 from PIL import Image
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -110,6 +109,7 @@ def test_every_op_of_main_py_has_a_cuda_kernel(setup, plain, precision):
     assert without_cuda_kernel(ops) == []
 
 
+@pytest.mark.quick
 def test_the_audit_sees_the_cpu_only_kernels_of_the_onednn_branch(setup):
     """The same run with oneDNN on takes CPU-only kernels, and the audit names them: it can fail."""
     if not (torch.backends.mkldnn.is_available() and hasattr(torch.ops.mkldnn, '_convolution_pointwise')):

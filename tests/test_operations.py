@@ -3,12 +3,11 @@ import numpy as np
 import pytest
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 
-import convert
 import tf_reference
+import tf_weights
 from operations import (OPS, AvgPool2dSame, Conv2dSame, FactorizedReduce, MaxPool2dSame,
-                        pad_for_same, same_padding)
+                        same_padding)
 
 SIZES = [11, 12, 41, 42]
 rng = np.random.default_rng(0)
@@ -22,6 +21,7 @@ def nhwc(t):
     return t.detach().numpy().transpose(0, 2, 3, 1)
 
 
+@pytest.mark.quick
 def test_same_padding_puts_the_odd_pixel_after():
     assert same_padding(42, 3, 2) == (0, 1)
     assert same_padding(42, 5, 2) == (1, 2)
@@ -78,6 +78,7 @@ def test_dilated_depthwise_matches_tf(tf):
             assert got2.shape == ref2.shape and np.abs(got2 - ref2).max() < 1e-5, (n, k)
 
 
+@pytest.mark.quick
 def test_pools_match_tf(tf):
     for n in SIZES:
         for s in (1, 2):
@@ -129,10 +130,10 @@ def test_every_op_matches_the_tf_twin(tf, name):
                 holder = nn.Module()
                 holder.op = OPS[name](c_in, c_out, stride, 'tf')
                 state = holder.state_dict()
-                for pt_key, tf_name, layout in convert._op_entries(holder.op, 'op', 'op'):
+                for pt_key, tf_name, layout in tf_weights._op_entries(holder.op, 'op', 'op'):
                     state[pt_key].copy_(torch.from_numpy(
-                        np.ascontiguousarray(convert.tf_to_torch(values[tf_name], layout))))
-                mapped = {e[1] for e in convert._op_entries(holder.op, 'op', 'op')}
+                        np.ascontiguousarray(tf_weights.tf_to_torch(values[tf_name], layout))))
+                mapped = {e[1] for e in tf_weights._op_entries(holder.op, 'op', 'op')}
                 assert mapped == set(values), name
                 holder.eval()
                 with torch.no_grad():

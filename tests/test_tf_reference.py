@@ -27,6 +27,7 @@ def test_variables_match_the_official_checkpoint(tf, preset, listing):
     assert list(shapes.items()) == list(expected.items())
 
 
+@pytest.mark.quick
 def test_random_checkpoint_is_calibrated_to_unit_scale(small_checkpoint):
     ends = small_checkpoint['ends']
     assert 0.2 < abs(ends['logits']).max() < 5
