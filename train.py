@@ -30,10 +30,11 @@ import torch.nn.functional as F
 
 import cifar
 import genotypes as genotypes_mod
-import main as evaluation
 import model as model_mod
+import runtime
 import utils
-from main import UserError
+import weights_io
+from runtime import UserError
 
 STATE_KIND = 'pnasnet-train-state'
 
@@ -112,6 +113,13 @@ def parse_args(argv=None):
                                       '.safetensors); without it, train from scratch')
     ap.add_argument('--resume', metavar='FILE', help='continue the run of this last.pth')
     ap.add_argument('--force', action='store_true', help='start afresh in an --output that holds a run')
+    add_network_args(ap)
+    add_recipe_args(ap)
+    add_speed_args(ap)
+    return ap.parse_args(argv)
+
+
+def add_network_args(ap: argparse.ArgumentParser) -> None:
     g = ap.add_argument_group('network (from scratch; with --weights the file\'s network is used)')
     g.add_argument('--genotype', help='a name in genotypes.py or a JSON file of genotypes.to_dict '
                                       'output (default: PNASNet)')
@@ -126,6 +134,9 @@ def parse_args(argv=None):
                    help='train the classifier alone, the body frozen in inference mode (as '
                         "TF-Hub's feature vector); the aux head is then not used")
     g.add_argument('--no-aux', action='store_true', help='train without the auxiliary head')
+
+
+def add_recipe_args(ap: argparse.ArgumentParser) -> None:
     r = ap.add_argument_group('recipe (TF-Slim\'s for these nets unless said otherwise)')
     r.add_argument('--epochs', type=utils.int_at_least(1), help=_help('epochs', 'epochs'))
     r.add_argument('--batch-size', type=utils.int_at_least(1), help=_help('per process', 'batch_size'))
@@ -156,6 +167,9 @@ def parse_args(argv=None):
                               'warmup min(decay, (1+n)/(10+n)); evaluated and saved', 'ema'))
     r.add_argument('--bn-momentum', type=float, help=_help('BatchNorm running-stat momentum', 'bn_momentum'))
     r.add_argument('--seed', type=int, help=_help('seed of the weights, shuffling and augmentation', 'seed'))
+
+
+def add_speed_args(ap: argparse.ArgumentParser) -> None:
     s = ap.add_argument_group('speed and memory')
     s.add_argument('--device', choices=['auto', 'cuda', 'cpu'], default='auto')
     s.add_argument('--precision', choices=['fp32', 'bf16', 'fp16'], default=None,
@@ -178,7 +192,6 @@ def parse_args(argv=None):
     s.add_argument('--skip-bad', action='store_true',
                    help='skip images that cannot be decoded (counted in the log) instead of stopping')
     s.add_argument('--no-progress', action='store_true', help='no progress bars')
-    return ap.parse_args(argv)
 
 
 # --- defaults and resume ---------------------------------------------------------------------------
@@ -246,7 +259,7 @@ def read_state(path: str) -> dict:
     try:
         state = torch.load(path, map_location='cpu', weights_only=True)
     except Exception as e:  # damaged or foreign files: one line, whatever the reason
-        raise UserError(f'--resume {path}: not a train.py last.pth ({model_mod._load_error_summary(e)})') from None
+        raise UserError(f'--resume {path}: not a train.py last.pth ({weights_io.load_error_summary(e)})') from None
     if not isinstance(state, dict) or state.get('kind') != STATE_KIND:
         raise UserError(f'--resume {path}: not a train.py last.pth (weights for fine-tuning go to --weights)')
     return state
@@ -447,7 +460,7 @@ def train_step(train_net: nn.Module, optimizer: torch.optim.Optimizer, scaler, x
     the optimizer's update. ``keep=False`` zeroes the loss (a step every DDP process must join
     without data of its own). Returns the (total, main, aux) losses. benchmark.py --train times
     this very function."""
-    with evaluation.autocast(x.device, args.precision):
+    with runtime.autocast(x.device, args.precision):
         output = train_net(x)
     loss, main_loss, aux_loss = losses(output, y.clamp(min=0), args.label_smoothing, args.aux_weight)
     if not keep:
@@ -520,31 +533,63 @@ def scratch_config(args, num_classes: int) -> model_mod.PNASNetConfig:
     return dataclasses.replace(config, image_size=args.image_size or config.image_size)
 
 
-def build_network(args, class_names: List[str], log) -> Tuple[model_mod.NetworkImageNet, Optional[dict]]:
+def network_for_run(args, class_names: List[str], log) -> Tuple[model_mod.NetworkImageNet, Optional[dict]]:
     """The network to train and, when fine-tuning, what the weights file said of itself."""
     n = len(class_names)
     want_aux = not args.no_aux and not args.freeze_body
     if args.freeze_body and not args.weights:
         raise UserError('--freeze-body trains the head of --weights; give the weights to fine-tune')
     if not args.weights:
-        config = scratch_config(args, n)
-        aux = want_aux and config.aux_cell_index is not None
-        if aux and model_mod.aux_kernel_size(config, config.image_size) < 1:
-            log(f'aux head: does not fit {config.image_size} px; training without it')
-            aux = False
-        config = dataclasses.replace(config, auxiliary=aux)
-        try:
-            net = model_mod.build_network(config)
-        except ValueError as e:
-            raise UserError(str(e)) from None
-        log(f'from scratch: {name_of(config)}, F={config.num_conv_filters}, {config.num_cells} cells, '
-            f'{n} classes, {config.image_size} px')
-        return net, None
+        return scratch_network(args, n, want_aux, log), None
     try:
         obj = model_mod.read_weights(args.weights)
     except model_mod.CheckpointError as e:
         raise UserError(str(e)) from None
     config, state_dict = obj['config'], dict(obj['state_dict'])
+    check_arch_options(args, config)
+    if args.preset is not None:
+        log(f'--preset {args.preset}: ignored with --weights (the network is the file\'s)')
+    size = args.image_size or config.image_size
+    aux, state_dict = aux_head_for(args, config, size, state_dict, want_aux, log)
+    config = dataclasses.replace(config, auxiliary=aux, image_size=size)
+    net = model_mod.build_network(config)
+    check_shapes(net, state_dict, args.weights)
+    missing, unexpected = net.load_state_dict(state_dict, strict=False)
+    fresh_ok = ('auxiliary_head.',)
+    bad = [k for k in missing if not k.startswith(fresh_ok)] + list(unexpected)
+    if bad:
+        raise UserError(f'--weights {args.weights}: weights do not fit the network of its config '
+                        f'({bad[:3]}); give a convert.py or train.py output of this port')
+    if obj['class_names'] == class_names:
+        log(f'classifier: kept, the weights were trained on these {n} classes')
+    else:
+        net.reset_classifier(n)
+        log(f'classifier: new, for the {n} classes of --data (the weights had '
+            f'{obj["config"].num_classes})' + (' ; aux classifier likewise' if aux else ''))
+    log(f'fine-tuning {args.weights}: {name_of(config)}, F={config.num_conv_filters}, '
+        f'{config.num_cells} cells, {size} px' + (', body frozen' if args.freeze_body else ''))
+    return net, obj
+
+
+def scratch_network(args, n: int, want_aux: bool, log) -> model_mod.NetworkImageNet:
+    """The network of the options, fresh weights, ``n`` classes; the aux head where it fits."""
+    config = scratch_config(args, n)
+    aux = want_aux and config.aux_cell_index is not None
+    if aux and model_mod.aux_kernel_size(config, config.image_size) < 1:
+        log(f'aux head: does not fit {config.image_size} px; training without it')
+        aux = False
+    config = dataclasses.replace(config, auxiliary=aux)
+    try:
+        net = model_mod.build_network(config)
+    except ValueError as e:
+        raise UserError(str(e)) from None
+    log(f'from scratch: {name_of(config)}, F={config.num_conv_filters}, {config.num_cells} cells, '
+        f'{n} classes, {config.image_size} px')
+    return net
+
+
+def check_arch_options(args, config: model_mod.PNASNetConfig) -> None:
+    """Architecture options given with --weights must name the file's network."""
     for opt, field in ARCH_OPTIONS.items():
         given = getattr(args, opt)
         if given is None:
@@ -562,9 +607,12 @@ def build_network(args, class_names: List[str], log) -> Tuple[model_mod.NetworkI
                             f'{held if isinstance(held, (str, int, float)) else "(custom)"}, '
                             f'not --{opt.replace("_", "-")} {given}; drop that option to fine-tune '
                             f"the file's network, or train from scratch without --weights")
-    if args.preset is not None:
-        log(f'--preset {args.preset}: ignored with --weights (the network is the file\'s)')
-    size = args.image_size or config.image_size
+
+
+def aux_head_for(args, config: model_mod.PNASNetConfig, size: int, state_dict: dict,
+                 want_aux: bool, log) -> Tuple[bool, dict]:
+    """Whether fine-tuning at ``size`` trains an aux head, and the weights to load: the file's
+    aux head where it fits, its last conv and BN fresh where the map size changed."""
     has_aux = any(k.startswith('auxiliary_head.') for k in state_dict)
     aux = want_aux and config.aux_cell_index is not None
     if aux:
@@ -587,24 +635,7 @@ def build_network(args, class_names: List[str], log) -> Tuple[model_mod.NetworkI
                 'fresh where the release lacks them, see convert.py)')
     if not aux:
         state_dict = {k: v for k, v in state_dict.items() if not k.startswith('auxiliary_head.')}
-    config = dataclasses.replace(config, auxiliary=aux, image_size=size)
-    net = model_mod.build_network(config)
-    check_shapes(net, state_dict, args.weights)
-    missing, unexpected = net.load_state_dict(state_dict, strict=False)
-    fresh_ok = ('auxiliary_head.',)
-    bad = [k for k in missing if not k.startswith(fresh_ok)] + list(unexpected)
-    if bad:
-        raise UserError(f'--weights {args.weights}: weights do not fit the network of its config '
-                        f'({bad[:3]}); give a convert.py or train.py output of this port')
-    if obj['class_names'] == class_names:
-        log(f'classifier: kept, the weights were trained on these {n} classes')
-    else:
-        net.reset_classifier(n)
-        log(f'classifier: new, for the {n} classes of --data (the weights had '
-            f'{obj["config"].num_classes})' + (' ; aux classifier likewise' if aux else ''))
-    log(f'fine-tuning {args.weights}: {name_of(config)}, F={config.num_conv_filters}, '
-        f'{config.num_cells} cells, {size} px' + (', body frozen' if args.freeze_body else ''))
-    return net, obj
+    return aux, state_dict
 
 
 def check_shapes(net: nn.Module, state_dict: dict, path: str) -> None:
@@ -704,11 +735,13 @@ def plot_curves(records: List[dict], path: str) -> None:
 
 
 class Run:
-    """What one process of a training run holds."""
+    """What one process of a training run holds: the settings, the network (``net`` as built,
+    ``model`` the module whose weights are saved, ``train_net`` what the step runs: DDP and
+    torch.compile wrap it), the optimizer and its companions, the data, and the progress."""
 
     def __init__(self, args, device, rank: int, world: int):
         self.args, self.device, self.rank, self.world = args, device, rank, world
-        self.log_lines: List[str] = []
+        self.start_epoch, self.step, self.records, self.best = 0, 0, [], None
 
     def log(self, message: str) -> None:
         if self.rank == 0:
@@ -736,7 +769,7 @@ def validate(net: nn.Module, loader, run: Run) -> dict:
                 continue
             x = x[ok].to(run.device).contiguous(memory_format=memory_format)
             y = label[ok].to(run.device)
-            with evaluation.autocast(run.device, run.args.precision):
+            with runtime.autocast(run.device, run.args.precision):
                 logits = net(x).float()
             c1, c5 = utils.topk_correct(logits, y, (1, min(5, logits.shape[1])))
             totals[0] += c1
@@ -773,15 +806,48 @@ def bad_image_error(dataset, index: int) -> UserError:
 
 
 def run_training(args) -> int:
-    device, rank, world = evaluation.start_processes(args.device)
+    device, rank, world = runtime.start_processes(args.device)
     try:
         return _train(args, device, rank, world)
     finally:
-        evaluation.end_processes()
+        runtime.end_processes()
 
 
 def _train(args, device, rank: int, world: int) -> int:
     run = Run(args, device, rank, world)
+    state = prepare(run)
+    run.class_names, data = read_data(run, state)
+    build(run, state)
+    make_loaders(run, data)
+    if state is not None:
+        restore(run, state)
+    wrap(run)
+    run.log(f'{len(run.train_set)} training and {len(run.val_set)} val images, '
+            f'{len(run.class_names)} classes; {args.epochs} epochs of {run.steps_per_epoch} steps '
+            f'(batch {run.batch} x {world}); {args.optimizer} lr {args.lr:g}, {args.schedule}; '
+            f'drop path {args.drop_path:g}{" (fixed)" if args.drop_path_fixed else " (ramped)"}; '
+            f'precision {args.precision}')
+    os.makedirs(args.output, exist_ok=True)
+    for epoch in range(run.start_epoch, args.epochs):
+        sums, skipped, seconds = train_one_epoch(run, epoch)
+        val, ema_val = evaluate(run)
+        record = epoch_record(run, epoch, sums, skipped, seconds, val, ema_val)
+        run.records.append(record)
+        save_checkpoint(run, epoch, val, ema_val)
+        if ema_val is not None:
+            run.log(f'  EMA: val Prec@1 {ema_val["prec1"]:.3f}  Prec@5 {ema_val["prec5"]:.3f}')
+        best = run.best
+        run.log(f'  best: epoch {best["epoch"]} ({best["weights"]}), val Prec@1 {best["prec1"]:.3f}  '
+                f'Prec@5 {best["prec5"]:.3f} -> {os.path.join(args.output, "best.pth")}')
+        run.log(f'Epoch {epoch + 1}/{args.epochs}  train loss {record["train_loss"]:.4f}  '
+                f'val Prec@1 {val["prec1"]:.3f}  Prec@5 {val["prec5"]:.3f}')
+    return 0
+
+
+def prepare(run: Run) -> Optional[dict]:
+    """The settings of the run, completed (from the run being resumed, the recipe's defaults
+    and what the device can do); the state being resumed, or None."""
+    args, device = run.args, run.device
     # denormal floats, which a fresh head's first steps can leave everywhere in a converted
     # body, slow a CPU's float units by orders of magnitude; TF flushes them to zero by default
     torch.set_flush_denormal(True)
@@ -796,26 +862,38 @@ def _train(args, device, rank: int, world: int) -> int:
     check_output(args)
     if args.sync_bn and device.type != 'cuda':
         raise UserError('--sync-bn synchronises BatchNorm across GPUs; it needs --device cuda and torchrun')
-    args.precision = evaluation.resolve_precision(
+    args.precision = runtime.resolve_precision(
         device, args.precision, warn=(lambda m: print(f'train.py: warning: {m}', file=sys.stderr))
-        if rank == 0 else (lambda m: None))
+        if run.rank == 0 else (lambda m: None))
     if device.type == 'cuda':
-        evaluation.setup_cuda(False)
+        runtime.setup_cuda(False)
+    return state
 
+
+def read_data(run: Run, state: Optional[dict]) -> Tuple[List[str], tuple]:
+    """The class names and what make_loaders needs: CIFAR-10's arrays, or the image folders'
+    samples; a resumed run must see the classes it was trained on."""
+    args = run.args
     if args.dataset == 'cifar10':
-        cifar_data = read_cifar(args, rank, world)
-        class_names = cifar_data[0]
+        data = read_cifar(args, run.rank, run.world)
+        class_names = data[0]
     else:
         class_names, train_samples, val_samples = find_split(args.data)
+        data = (class_names, train_samples, val_samples)
     if state is not None and state['class_names'] != class_names:
         raise UserError(f'--resume {args.resume}: the run was trained on {len(state["class_names"])} '
                         f'classes ({", ".join(state["class_names"][:4])}, ...), not the {len(class_names)} '
                         f'of --data {args.data}; resume it with its own data')
+    return class_names, data
 
+
+def build(run: Run, state: Optional[dict]) -> None:
+    """The network (seeded), on the device, and its optimizer, schedule, scaler and EMA."""
+    args = run.args
     torch.manual_seed(args.seed)
     random.seed(args.seed)
     np.random.seed(args.seed % 2 ** 32)
-    net, source = build_network(args, class_names, run.log if state is None else (lambda m: None))
+    net, _ = network_for_run(args, run.class_names, run.log if state is None else (lambda m: None))
     if state is not None:
         saved_config = model_mod.PNASNetConfig.from_dict(dict(state['config']))
         if saved_config != net.config:
@@ -828,164 +906,188 @@ def _train(args, device, rank: int, world: int) -> int:
         freeze_body(net)
     if args.grad_checkpointing:
         net.set_grad_checkpointing(True)
-    memory_format = resolve_memory_format(args.memory_format, device)
-    net = net.to(device, memory_format=memory_format)
-    groups = param_groups(net, args.weight_decay)
-    optimizer = make_optimizer(groups, args)
-    size = net.config.image_size
+    run.memory_format = resolve_memory_format(args.memory_format, run.device)
+    run.net = net.to(run.device, memory_format=run.memory_format)
+    run.optimizer = make_optimizer(param_groups(run.net, args.weight_decay), args)
+    run.scaler = torch.amp.GradScaler(run.device.type, enabled=args.precision == 'fp16')
+    run.ema = EMA(run.net, args.ema) if args.ema else None
 
+
+def make_loaders(run: Run, data: tuple) -> None:
+    """The datasets, this process's sampler and share of val, the batch size and the schedule
+    that the number of steps decides."""
+    args, size = run.args, run.net.config.image_size
     if args.dataset == 'cifar10':
         if size != 32:
             raise UserError(f'--dataset cifar10: the images are 32 px, but the network is built for '
                             f'{size} px; leave --image-size out, or give 32')
-        train_set = cifar.CifarDataset(cifar_data[1], cifar_data[2], train=True)
-        val_set = cifar.CifarDataset(cifar_data[3], cifar_data[4], train=False)
+        run.train_set = cifar.CifarDataset(data[1], data[2], train=True)
+        run.val_set = cifar.CifarDataset(data[3], data[4], train=False)
     else:
-        train_set = TrainDataset(train_samples, size)
-        val_set = utils.EvalDataset(val_samples, size, 'numpy', skip_bad=True)
-    per_rank = len(train_set) // world
+        run.train_set = TrainDataset(data[1], size)
+        run.val_set = utils.EvalDataset(data[2], size, 'numpy', skip_bad=True)
+    per_rank = len(run.train_set) // run.world
     if per_rank < 2:
-        raise UserError(f'--data {args.data}: {len(train_set)} training images; each of the {world} '
-                        f'processes needs at least 2 (BatchNorm needs 2 images a batch)')
-    batch = min(args.batch_size, per_rank)
-    sampler = torch.utils.data.distributed.DistributedSampler(
-        train_set, num_replicas=world, rank=rank, shuffle=True, seed=args.seed, drop_last=True)
-    val_part = torch.utils.data.Subset(val_set, list(range(rank, len(val_set), world)))
-    steps_per_epoch = per_rank // batch
-    total_steps = args.epochs * steps_per_epoch
-    scheduler = torch.optim.lr_scheduler.LambdaLR(
-        optimizer, lambda step: lr_factor(step, steps_per_epoch, args))
-    scaler = torch.amp.GradScaler(device.type, enabled=args.precision == 'fp16')
-    ema = EMA(net, args.ema) if args.ema else None
+        raise UserError(f'--data {args.data}: {len(run.train_set)} training images; each of the '
+                        f'{run.world} processes needs at least 2 (BatchNorm needs 2 images a batch)')
+    run.batch = min(args.batch_size, per_rank)
+    run.sampler = torch.utils.data.distributed.DistributedSampler(
+        run.train_set, num_replicas=run.world, rank=run.rank, shuffle=True, seed=args.seed,
+        drop_last=True)
+    run.val_part = torch.utils.data.Subset(run.val_set, list(range(run.rank, len(run.val_set), run.world)))
+    run.steps_per_epoch = steps = per_rank // run.batch
+    run.total_steps = args.epochs * steps
+    run.scheduler = torch.optim.lr_scheduler.LambdaLR(
+        run.optimizer, lambda step: lr_factor(step, steps, args))
 
-    start_epoch, step, records, best = 0, 0, [], None
-    if state is not None:
-        net.load_state_dict(state['model'])
-        optimizer.load_state_dict(state['optimizer'])
-        scheduler.load_state_dict(state['scheduler'])
-        scaler.load_state_dict(state['scaler'])
-        if ema is not None:
-            ema.load_state_dict(state['ema'])
-        start_epoch, step, records, best = state['epoch'], state['step'], list(state['log']), state['best']
-        if start_epoch >= args.epochs:
-            raise UserError(f'--resume {args.resume}: the run already did its {start_epoch} epochs; '
-                            f'pass a larger --epochs to go on')
-        set_rng_state(state['rng'])
-        run.log(f'resuming {args.resume} after epoch {start_epoch}/{args.epochs}')
+
+def restore(run: Run, state: dict) -> None:
+    """The resumed run's weights, optimizer, schedule, scaler, EMA, progress and RNG."""
+    args = run.args
+    run.net.load_state_dict(state['model'])
+    run.optimizer.load_state_dict(state['optimizer'])
+    run.scheduler.load_state_dict(state['scheduler'])
+    run.scaler.load_state_dict(state['scaler'])
+    if run.ema is not None:
+        run.ema.load_state_dict(state['ema'])
+    run.start_epoch, run.step = state['epoch'], state['step']
+    run.records, run.best = list(state['log']), state['best']
+    if run.start_epoch >= args.epochs:
+        raise UserError(f'--resume {args.resume}: the run already did its {run.start_epoch} epochs; '
+                        f'pass a larger --epochs to go on')
+    set_rng_state(state['rng'])
+    run.log(f'resuming {args.resume} after epoch {run.start_epoch}/{args.epochs}')
+
+
+def wrap(run: Run) -> None:
+    """SyncBatchNorm, DDP and torch.compile around the network, as asked: ``train_net``."""
+    args, net = run.args, run.net
     if args.sync_bn:
         net = nn.SyncBatchNorm.convert_sync_batchnorm(net)
     train_net = net
-    if world > 1:
+    if run.world > 1:
         train_net = nn.parallel.DistributedDataParallel(
-            net, device_ids=[device.index] if device.type == 'cuda' else None)
+            net, device_ids=[run.device.index] if run.device.type == 'cuda' else None)
     if args.compile:
         train_net = torch.compile(train_net)
-    model = unwrap(train_net)
-    run.log(f'{len(train_set)} training and {len(val_set)} val images, {len(class_names)} classes; '
-            f'{args.epochs} epochs of {steps_per_epoch} steps (batch {batch} x {world}); '
-            f'{args.optimizer} lr {args.lr:g}, {args.schedule}; drop path {args.drop_path:g}'
-            f'{" (fixed)" if args.drop_path_fixed else " (ramped)"}; precision {args.precision}')
-    os.makedirs(args.output, exist_ok=True)
+    run.train_net, run.model = train_net, unwrap(train_net)
 
-    for epoch in range(start_epoch, args.epochs):
-        sampler.set_epoch(epoch)
-        generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
-        loader = torch.utils.data.DataLoader(
-            train_set, batch_size=batch, sampler=sampler, num_workers=args.workers, drop_last=True,
-            pin_memory=device.type == 'cuda', generator=generator)
-        set_train_mode(model, args.freeze_body)
-        sums = torch.zeros(4, dtype=torch.float64)  # loss, main loss, aux loss, images
-        skipped = 0
-        bar = None
-        if rank == 0 and not args.no_progress:
-            from tqdm import tqdm
-            bar = tqdm(total=steps_per_epoch, desc=f'epoch {epoch + 1}/{args.epochs}', unit='step',
-                       dynamic_ncols=True, file=sys.stderr)
-        t0 = time.perf_counter()
-        for x, label, index in loader:
-            ok = label >= 0
-            if not bool(ok.all()):
-                if not args.skip_bad:
-                    raise bad_image_error(train_set, int(index[~ok][0]))
-                skipped += int((~ok).sum())
-                if world == 1 and int(ok.sum()) < 2:
-                    continue  # BatchNorm needs two images; the batch is left out
-                if int(ok.sum()) >= 2:
-                    x, label = x[ok], label[ok]
-            model.drop_path_prob = drop_path_rate(args.drop_path, step, total_steps, args.drop_path_fixed)
-            x = x.to(device, non_blocking=True).contiguous(memory_format=memory_format)
-            y = label.to(device, non_blocking=True)
-            # under DDP every process must take part in each step: a batch with fewer than two
-            # good images contributes a zero loss
-            loss, main_loss, aux_loss = train_step(train_net, optimizer, scaler, x, y, args,
-                                                   keep=int((y >= 0).sum()) == len(y))
-            scheduler.step()
-            step += 1
-            if ema is not None:
-                ema.update(model)
-            n = int((y >= 0).sum()) if int((y >= 0).sum()) >= 2 else 0
-            sums += torch.tensor([float(loss.detach()) * n, float(main_loss.detach()) * n,
-                                  float(aux_loss.detach()) * n if aux_loss is not None else 0.0, n],
-                                 dtype=torch.float64)
-            if bar is not None:
-                bar.update(1)
-                bar.set_postfix_str(f'loss {sums[0] / max(sums[3], 1):.4f} lr {optimizer.param_groups[0]["lr"]:.3g}')
+
+def train_one_epoch(run: Run, epoch: int) -> Tuple[torch.Tensor, int, float]:
+    """One pass over this process's share of the training set: (loss, main loss, aux loss and
+    images, summed over every process; images skipped as undecodable; seconds)."""
+    args, device, model = run.args, run.device, run.model
+    run.sampler.set_epoch(epoch)
+    generator = torch.Generator().manual_seed(args.seed * 1000 + epoch)
+    loader = torch.utils.data.DataLoader(
+        run.train_set, batch_size=run.batch, sampler=run.sampler, num_workers=args.workers,
+        drop_last=True, pin_memory=device.type == 'cuda', generator=generator)
+    set_train_mode(model, args.freeze_body)
+    sums = torch.zeros(4, dtype=torch.float64)  # loss, main loss, aux loss, images
+    skipped = 0
+    bar = None
+    if run.rank == 0 and not args.no_progress:
+        from tqdm import tqdm
+        bar = tqdm(total=run.steps_per_epoch, desc=f'epoch {epoch + 1}/{args.epochs}', unit='step',
+                   dynamic_ncols=True, file=sys.stderr)
+    t0 = time.perf_counter()
+    for x, label, index in loader:
+        ok = label >= 0
+        if not bool(ok.all()):
+            if not args.skip_bad:
+                raise bad_image_error(run.train_set, int(index[~ok][0]))
+            skipped += int((~ok).sum())
+            if run.world == 1 and int(ok.sum()) < 2:
+                continue  # BatchNorm needs two images; the batch is left out
+            if int(ok.sum()) >= 2:
+                x, label = x[ok], label[ok]
+        model.drop_path_prob = drop_path_rate(args.drop_path, run.step, run.total_steps,
+                                              args.drop_path_fixed)
+        x = x.to(device, non_blocking=True).contiguous(memory_format=run.memory_format)
+        y = label.to(device, non_blocking=True)
+        # under DDP every process must take part in each step: a batch with fewer than two
+        # good images contributes a zero loss
+        loss, main_loss, aux_loss = train_step(run.train_net, run.optimizer, run.scaler, x, y, args,
+                                               keep=int((y >= 0).sum()) == len(y))
+        run.scheduler.step()
+        run.step += 1
+        if run.ema is not None:
+            run.ema.update(model)
+        n = int((y >= 0).sum()) if int((y >= 0).sum()) >= 2 else 0
+        sums += torch.tensor([float(loss.detach()) * n, float(main_loss.detach()) * n,
+                              float(aux_loss.detach()) * n if aux_loss is not None else 0.0, n],
+                             dtype=torch.float64)
         if bar is not None:
-            bar.close()
-        seconds = time.perf_counter() - t0
-        if world > 1:
-            t = torch.cat([sums, torch.tensor([skipped], dtype=torch.float64)]).to(device)
-            dist.all_reduce(t)
-            sums, skipped = t[:4].cpu(), int(t[4])
-        val_loader = torch.utils.data.DataLoader(val_part, batch_size=batch, shuffle=False,
-                                                 num_workers=args.workers)
-        val = validate(model, val_loader, run)
-        if val['bad'] and not args.skip_bad:
-            bad = next(i for i in range(len(val_set)) if not _decodes(val_set.samples[i][0]))
-            raise UserError(f'{val_set.samples[bad][0]}: cannot decode the image; pass --skip-bad '
-                            f'to skip such images (they are counted in log.jsonl)')
-        ema_val = validate(ema.module, val_loader, run) if ema is not None else None
-        images = float(sums[3])
-        record = {'epoch': epoch + 1, 'train_loss': float(sums[0]) / max(images, 1),
-                  'train_loss_main': float(sums[1]) / max(images, 1),
-                  'train_loss_aux': float(sums[2]) / max(images, 1) if model.auxiliary_head is not None and not args.freeze_body else None,
-                  'lr': optimizer.param_groups[0]['lr'], 'drop_path': model.drop_path_prob if not args.freeze_body else 0.0,
-                  'val_loss': val['loss'], 'val_prec1': val['prec1'], 'val_prec5': val['prec5'],
-                  'ema_val_prec1': ema_val['prec1'] if ema_val else None,
-                  'ema_val_prec5': ema_val['prec5'] if ema_val else None,
-                  'images_per_second': images / seconds if seconds > 0 else None,
-                  'train_images': int(images), 'skipped_bad': skipped + val['bad'], 'seconds': seconds}
-        records.append(record)
-        candidates = [('model', model, val)] + ([('ema', ema.module, ema_val)] if ema else [])
-        kind, best_net, best_val = max(candidates, key=lambda c: c[2]['prec1'])
-        if rank == 0:
-            if best is None or best_val['prec1'] > best['prec1']:
-                best = {'epoch': epoch + 1, 'weights': kind, 'prec1': best_val['prec1'],
+            bar.update(1)
+            bar.set_postfix_str(f'loss {sums[0] / max(sums[3], 1):.4f} '
+                                f'lr {run.optimizer.param_groups[0]["lr"]:.3g}')
+    if bar is not None:
+        bar.close()
+    seconds = time.perf_counter() - t0
+    if run.world > 1:
+        t = torch.cat([sums, torch.tensor([skipped], dtype=torch.float64)]).to(device)
+        dist.all_reduce(t)
+        sums, skipped = t[:4].cpu(), int(t[4])
+    return sums, skipped, seconds
+
+
+def evaluate(run: Run) -> Tuple[dict, Optional[dict]]:
+    """The model on val, and its EMA where there is one (``validate``'s figures)."""
+    loader = torch.utils.data.DataLoader(run.val_part, batch_size=run.batch, shuffle=False,
+                                         num_workers=run.args.workers)
+    val = validate(run.model, loader, run)
+    if val['bad'] and not run.args.skip_bad:
+        bad = next(i for i in range(len(run.val_set)) if not _decodes(run.val_set.samples[i][0]))
+        raise UserError(f'{run.val_set.samples[bad][0]}: cannot decode the image; pass --skip-bad '
+                        f'to skip such images (they are counted in log.jsonl)')
+    return val, validate(run.ema.module, loader, run) if run.ema is not None else None
+
+
+def epoch_record(run: Run, epoch: int, sums: torch.Tensor, skipped: int, seconds: float,
+                 val: dict, ema_val: Optional[dict]) -> dict:
+    """The epoch's line of log.jsonl."""
+    args, model = run.args, run.model
+    images = float(sums[3])
+    aux = model.auxiliary_head is not None and not args.freeze_body
+    return {'epoch': epoch + 1, 'train_loss': float(sums[0]) / max(images, 1),
+            'train_loss_main': float(sums[1]) / max(images, 1),
+            'train_loss_aux': float(sums[2]) / max(images, 1) if aux else None,
+            'lr': run.optimizer.param_groups[0]['lr'],
+            'drop_path': model.drop_path_prob if not args.freeze_body else 0.0,
+            'val_loss': val['loss'], 'val_prec1': val['prec1'], 'val_prec5': val['prec5'],
+            'ema_val_prec1': ema_val['prec1'] if ema_val else None,
+            'ema_val_prec5': ema_val['prec5'] if ema_val else None,
+            'images_per_second': images / seconds if seconds > 0 else None,
+            'train_images': int(images), 'skipped_bad': skipped + val['bad'], 'seconds': seconds}
+
+
+def save_checkpoint(run: Run, epoch: int, val: dict, ema_val: Optional[dict]) -> None:
+    """best.pth where the model (or its EMA) beat the best so far, log.jsonl, curves.png and
+    last.pth (what --resume reads), written by rank 0; every process learns the best."""
+    args, model = run.args, run.model
+    candidates = [('model', model, val)] + ([('ema', run.ema.module, ema_val)] if run.ema else [])
+    kind, best_net, best_val = max(candidates, key=lambda c: c[2]['prec1'])
+    if run.rank == 0:
+        if run.best is None or best_val['prec1'] > run.best['prec1']:
+            run.best = {'epoch': epoch + 1, 'weights': kind, 'prec1': best_val['prec1'],
                         'prec5': best_val['prec5']}
-                src = {'trained_by': 'train.py', 'epoch': epoch + 1, 'weights': kind,
-                       'val_prec1': best_val['prec1'], 'val_prec5': best_val['prec5'],
-                       'data': os.path.abspath(args.data), 'image_size': size,
-                       'from': args.weights}
-                save(weights_payload(best_net, class_names, src), os.path.join(args.output, 'best.pth'))
-            write_log(records, os.path.join(args.output, 'log.jsonl'))
-            plot_curves(records, os.path.join(args.output, 'curves.png'))
-            save({'kind': STATE_KIND, 'args': saved_args(args), 'config': model.config.to_dict(),
-                  'class_names': class_names, 'epoch': epoch + 1, 'step': step,
-                  'model': model.state_dict(), 'optimizer': optimizer.state_dict(),
-                  'scheduler': scheduler.state_dict(), 'scaler': scaler.state_dict(),
-                  'ema': ema.state_dict() if ema is not None else None, 'best': best, 'log': records,
-                  'rng': rng_state()}, os.path.join(args.output, 'last.pth'))
-        if world > 1:
-            best = [best]
-            dist.broadcast_object_list(best, src=0)
-            best = best[0]
-        if ema_val is not None:
-            run.log(f'  EMA: val Prec@1 {ema_val["prec1"]:.3f}  Prec@5 {ema_val["prec5"]:.3f}')
-        run.log(f'  best: epoch {best["epoch"]} ({best["weights"]}), val Prec@1 {best["prec1"]:.3f}  '
-                f'Prec@5 {best["prec5"]:.3f} -> {os.path.join(args.output, "best.pth")}')
-        run.log(f'Epoch {epoch + 1}/{args.epochs}  train loss {record["train_loss"]:.4f}  '
-                f'val Prec@1 {val["prec1"]:.3f}  Prec@5 {val["prec5"]:.3f}')
-    return 0
+            src = {'trained_by': 'train.py', 'epoch': epoch + 1, 'weights': kind,
+                   'val_prec1': best_val['prec1'], 'val_prec5': best_val['prec5'],
+                   'data': os.path.abspath(args.data), 'image_size': model.config.image_size,
+                   'from': args.weights}
+            save(weights_payload(best_net, run.class_names, src), os.path.join(args.output, 'best.pth'))
+        write_log(run.records, os.path.join(args.output, 'log.jsonl'))
+        plot_curves(run.records, os.path.join(args.output, 'curves.png'))
+        save({'kind': STATE_KIND, 'args': saved_args(args), 'config': model.config.to_dict(),
+              'class_names': run.class_names, 'epoch': epoch + 1, 'step': run.step,
+              'model': model.state_dict(), 'optimizer': run.optimizer.state_dict(),
+              'scheduler': run.scheduler.state_dict(), 'scaler': run.scaler.state_dict(),
+              'ema': run.ema.state_dict() if run.ema is not None else None, 'best': run.best,
+              'log': run.records, 'rng': rng_state()}, os.path.join(args.output, 'last.pth'))
+    if run.world > 1:
+        best = [run.best]
+        dist.broadcast_object_list(best, src=0)
+        run.best = best[0]
 
 
 def _decodes(path: str) -> bool:

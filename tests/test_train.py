@@ -221,6 +221,7 @@ def bad(tmp_path, *args):
     return lines[0]
 
 
+@pytest.mark.quick
 def test_bad_inputs_get_one_line_and_exit_1(tmp_path, data, weights):
     missing = tmp_path / 'nothing'
     assert 'no such folder' in bad(tmp_path, '--data', missing, '--output', tmp_path / 'o', *SCRATCH)
@@ -311,7 +312,7 @@ def op_masks(net, x):
     drop path kept and rescaled it."""
     records, handles = {}, []
     for k, cell in enumerate(net.cells):
-        for i, op in enumerate(cell._ops):
+        for i, op in enumerate(cell.ops):
             handles.append(op.register_forward_hook(
                 lambda m, a, out, k=k, i=i: records.__setitem__((k, i), out.detach().double())))
         handles.append(cell.register_forward_hook(
@@ -321,9 +322,9 @@ def op_masks(net, x):
         h.remove()
     masks = {}
     for k, cell in enumerate(net.cells):
-        width = records[k].shape[1] // len(cell._concat)
-        for c in range(len(cell._ops) // 2):
-            out = records[k][:, cell._concat.index(2 + c) * width:][:, :width].flatten(1)
+        width = records[k].shape[1] // len(cell.concat)
+        for c in range(len(cell.ops) // 2):
+            out = records[k][:, cell.concat.index(2 + c) * width:][:, :width].flatten(1)
             a, b = records[(k, 2 * c)].flatten(1), records[(k, 2 * c + 1)].flatten(1)
             design = torch.stack([a, b], -1)  # [N, D, 2]
             solved = torch.linalg.lstsq(design, out[..., None]).solution[..., 0]  # [N, 2]
@@ -357,6 +358,7 @@ def test_drop_path_in_the_forward_pass_scales_by_cell_and_spares_the_identity():
     assert seen_identity > 0
 
 
+@pytest.mark.quick
 def test_the_training_step_smooths_labels_and_adds_the_aux_loss_at_0_4():
     """train_step's losses against cross entropy written out: smoothed targets (1 - e) on the
     label plus e / K on every class (e = 0.1, the recipe's), aux logits weighted 0.4."""
@@ -405,6 +407,7 @@ def test_ema_averages_with_tf_slims_warmup():
         assert torch.allclose(got[k].double(), v, atol=1e-5), k
 
 
+@pytest.mark.quick
 def test_lr_schedules_follow_tf_slims_formulas_at_every_step():
     """TF-Slim's exponential_decay(staircase=True): lr * rate ** floor(step / decay_steps) with
     decay_steps = int(steps_per_epoch * epochs_per_decay); a linear warmup before it; a cosine
