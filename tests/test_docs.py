@@ -15,7 +15,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 PAGES = ['README.md'] + sorted(os.path.relpath(p, ROOT) for p in glob.glob(os.path.join(ROOT, 'docs', '*.md')))
 SCRIPTS = {'benchmark.py': 'docs/performance.md', 'convert.py': 'docs/conversion.md',
            'export.py': 'docs/interop.md', 'main.py': 'docs/evaluation.md',
-           'model.py': 'docs/experiments.md', 'tf_reference.py': 'docs/conversion.md',
+           'model.py': 'docs/experiments.md', 'summary.py': 'docs/experiments.md',
+           'tf_reference.py': 'docs/conversion.md',
            'train.py': 'docs/training.md', 'visualize.py': 'docs/experiments.md',
            'neural_predictor/train.py': 'docs/neural-predictor.md',
            'neural_predictor/search.py': 'docs/neural-predictor.md',
@@ -24,6 +25,12 @@ SCRIPTS = {'benchmark.py': 'docs/performance.md', 'convert.py': 'docs/conversion
            'neural_predictor/tools/split_train_val.py': 'docs/neural-predictor.md',
            'neural_predictor/tools/nb201_table.py': 'docs/neural-predictor.md',
            'tests/mutations.py': 'docs/tests.md'}
+# Runnable commands that a test of their own runs with stronger checks: here only their flags
+# are checked, so that the suite does not do the same work twice. Each test must exist.
+RUN_ELSEWHERE = {
+    'python convert.py --self-test':
+        'tests/test_convert.py::test_the_self_test_command_passes_on_four_shapes_without_tf_log_lines',
+}
 COMMAND = re.compile(r'^(?:[A-Z_]+=\S+ )*(?:python3?|torchrun) ')
 
 
@@ -109,7 +116,7 @@ def test_documented_command(page, command, needs, tmp_path):
         return
     assert os.path.isfile(os.path.join(ROOT, script)), f'{page}: {script} does not exist'
     assert not unknown_flags(command), f'{page}: {command}: {unknown_flags(command)} not in its --help'
-    if needs is not None:
+    if needs is not None or command in RUN_ELSEWHERE:
         return
     # runs offline, in a folder of its own that sees the repository's files
     for name in os.listdir(ROOT):
@@ -120,6 +127,15 @@ def test_documented_command(page, command, needs, tmp_path):
     assert run.returncode == 0, f'{page}: {command}\n{run.stdout[-2000:]}\n{run.stderr[-2000:]}'
 
 
+@pytest.mark.quick
+def test_the_commands_run_elsewhere_have_their_tests():
+    for command, test in RUN_ELSEWHERE.items():
+        path, name = test.split('::')
+        assert f'def {name}(' in open(os.path.join(ROOT, path)).read(), (command, test)
+        assert any(c == command for _, c, _ in CASES), command
+
+
+@pytest.mark.quick
 def test_a_renamed_flag_is_caught():
     """What happens when a script's flag is renamed and a page still shows the old one."""
     assert unknown_flags('python model.py --summary --preset mobile --no-time') == []
@@ -133,6 +149,7 @@ def test_every_scripts_help_names_its_page(script):
     assert page in help_text(script) and os.path.isfile(os.path.join(ROOT, page))
 
 
+@pytest.mark.quick
 def test_every_page_is_reachable_from_the_readme():
     readme = open(os.path.join(ROOT, 'README.md')).read()
     for page in PAGES[1:]:

@@ -65,6 +65,7 @@ def run_main(fn, argv):
     return status, err.getvalue()
 
 
+@pytest.mark.quick
 def test_hdf5_reader_and_split_tool_follow_the_reproduction(tmp_path):
     arrays = write_hdf5(tmp_path / 'nb.hdf5', n=300)
     status, err = run_main(split_train_val.main, ['--data', tmp_path / 'nb.hdf5', '--output', tmp_path / 's.npz'])
@@ -128,6 +129,7 @@ def official_record(h, epochs, adj, ops, params, evals):
                        base64.b64encode(metrics).decode()]).encode()
 
 
+@pytest.mark.quick
 def test_tfrecord_converter_reads_the_official_encoding(tmp_path, tf):
     rng = np.random.default_rng(3)
     cells = [random_cell(rng) for _ in range(2)]
@@ -163,6 +165,7 @@ def test_tfrecord_converter_reads_the_official_encoding(tmp_path, tf):
     assert not (tmp_path / 'bad.hdf5').exists()
 
 
+@pytest.mark.quick
 def test_gcn_forward_equals_a_hand_computed_three_node_graph():
     torch.manual_seed(0)
     net = NeuralPredictor(in_features=2, hidden=3, layers=1, fc_hidden=2).eval()
@@ -215,6 +218,7 @@ def test_a_learnable_table_is_learned(tmp_path):
     assert out['settings']['epochs'] == 60 and os.path.getsize(tmp_path / 'out.png') > 1000
 
 
+@pytest.mark.quick
 def test_two_stage_and_folds_run_and_report_and_search_reads_the_hdf5(tmp_path):
     write_hdf5(tmp_path / 'nb.hdf5', n=300, seed=2)
     split_train_val.main(['--data', str(tmp_path / 'nb.hdf5'), '--output', str(tmp_path / 's.npz')])
@@ -318,6 +322,7 @@ def test_mlp_takes_the_same_encoding():
     assert net(*g.tensors()).shape == (5,)
 
 
+@pytest.mark.quick
 def test_bad_inputs_get_one_line_and_exit_1(tmp_path):
     write_hdf5(tmp_path / 'nb.hdf5', n=50)
     split_train_val.main(['--data', str(tmp_path / 'nb.hdf5'), '--output', str(tmp_path / 's.npz')])
@@ -347,6 +352,7 @@ def test_bad_inputs_get_one_line_and_exit_1(tmp_path):
     bad(np_train.main, ['--data', str(tmp_path / 'none.hdf5'), '--splits', str(tmp_path / 's.npz')], 'no such file')
 
 
+@pytest.mark.quick
 def test_nb201_experiments_command_reports_gcn_and_mlp(tmp_path):
     from neural_predictor.tools import nb201_experiments
     write_analog_table(tmp_path / 'data.anb', n=300, seed=4)
@@ -367,6 +373,7 @@ def test_nb201_experiments_command_reports_gcn_and_mlp(tmp_path):
 
 # --- search.py on this project's genotype tables ---------------------------------------------------
 
+@pytest.mark.quick
 def test_search_command_reads_a_genotype_table(tmp_path):
     from neural_predictor import search
     rows = [{'genotype': genotypes.to_dict(genotypes.get(name)), 'accuracy': acc}

@@ -76,6 +76,7 @@ def grid_table(n_edges=5, n_ops=4, seed=0):
 
 # --- the format ---------------------------------------------------------------------------------------
 
+@pytest.mark.quick
 def test_jsonl_table_reads_any_space_and_keeps_every_metric(tmp_path):
     rows = dag_rows(60)
     rows[5]['metrics']['valid'] = None  # lacks the searched metric: left out
@@ -179,6 +180,7 @@ def replay_population(table, looked, population):
         yield step, looked[step - population:step]
 
 
+@pytest.mark.quick
 def test_evolution_takes_the_best_of_its_sample_and_the_oldest_dies():
     table = grid_table(seed=3)
     nb = strategies.Neighbours(table)
@@ -216,6 +218,7 @@ def test_local_search_climbs_from_the_best_and_restarts_only_at_a_local_optimum(
         assert max(table.labels[looked]) >= np.sort(table.labels)[-10]  # climbs to a top-10 cell
 
 
+@pytest.mark.quick
 def test_the_predictor_loop_steps_like_a_local_search_it_orders():
     table = grid_table(seed=5)
     nb = strategies.Neighbours(table)
@@ -300,6 +303,7 @@ def test_reach_statistics_count_seeds_that_never_got_there():
     assert search.to_top(table, looked) == 6 and search.to_top(table, looked, 1) == 7
 
 
+@pytest.mark.quick
 def test_nb201_table_tool_writes_every_target_in_the_format(tmp_path):
     from tests.test_neural_predictor import write_analog_table
     from neural_predictor.tools import nb201_table

@@ -16,6 +16,7 @@ def test_every_genotype_draws_a_png_and_an_svg(name, tmp_path):
     assert '<svg' in svg and svg.count('concat') == 2  # the two cells' outputs
 
 
+@pytest.mark.quick
 def test_graph_has_an_op_node_per_op_and_an_edge_per_input():
     g = genotypes.PNASNet
     nodes, edges = visualize.cell_graph(g.normal, g.normal_concat)
@@ -25,6 +26,7 @@ def test_graph_has_an_op_node_per_op_and_an_edge_per_input():
     assert sum(1 for _, b in edges if b == 'out') == len(g.normal_concat)
 
 
+@pytest.mark.quick
 def test_a_genotype_from_json_and_a_bad_one(tmp_path, capsys, monkeypatch):
     path = tmp_path / 'mine.json'
     path.write_text(json.dumps(genotypes.to_dict(genotypes.DARTS_V2)))
