@@ -145,8 +145,9 @@ def time_breakdown(net: torch.nn.Module, fn, repeats: int = BREAKDOWN_REPEATS) -
     return ms
 
 
-def preprocess_rates(n: int, rounds: int) -> dict:
-    """Decode + preprocess per image: NumPy (this port) against TF's op called per image."""
+def preprocess_rates(n: int, rounds: int, with_tf: bool = True) -> dict:
+    """Decode + preprocess per image: NumPy (this port) against TF's op called per image
+    (``with_tf``; else NumPy alone)."""
     from PIL import Image
     rng = np.random.default_rng(0)
     folder = tempfile.mkdtemp(prefix='pnasnet_bench_')
@@ -166,8 +167,11 @@ def preprocess_rates(n: int, rounds: int) -> dict:
         for p in paths:
             utils.preprocess_for_eval_tf(utils.load_rgb(p), 331, 331)
 
-    tf_run()  # warm up TF's eager kernels
-    times = timed_rounds({'numpy': numpy_run, 'tf': tf_run}, rounds, n)
+    runs = {'numpy': numpy_run}
+    if with_tf:
+        tf_run()  # warm up TF's eager kernels
+        runs['tf'] = tf_run
+    times = timed_rounds(runs, rounds, n)
     for p in paths:
         os.remove(p)
     os.rmdir(folder)
@@ -193,7 +197,10 @@ def parse_args(argv=None):
     ap.add_argument('--compile', action='store_true',
                     help='also time torch.compile: of the fast path, or with --train of the training '
                          'step (train.py --compile); compiling takes minutes, more on a CPU')
-    ap.add_argument('--no-tf', action='store_true')
+    ap.add_argument('--no-tf', action='store_true',
+                    help='no TensorFlow at all (a machine without it): no TF rows, and the random '
+                         'network is drawn and calibrated in PyTorch instead of converted from a '
+                         'TF checkpoint')
     ap.add_argument('--no-timm', action='store_true')
     ap.add_argument('--json', help='write the figures here')
     ap.add_argument('--train', action='store_true',
@@ -233,20 +240,24 @@ def _forward(net, inp, device, dtype=None):
 
 
 def build(args, device, timm, workdir: str) -> Bench:
-    """A random PNASNet-5 Large checkpoint, converted; this port's runners (fp32 engine, bf16
+    """A random PNASNet-5 Large checkpoint, converted (with ``--no-tf``, random weights drawn
+    and calibrated in PyTorch: no TensorFlow at all); this port's runners (fp32 engine, bf16
     where the device has it natively, plain NCHW, fp16 on CUDA, torch.compile if asked), timm's
     two layouts and the TF graph, each with its logits of the batch."""
-    import tf_reference
+    import tf_reference  # its random weights and check images need no TensorFlow
     import tf_weights
     config = model_mod.PNASNetConfig.large(image_size=args.size)
     prefix = os.path.join(workdir, 'model.ckpt')
-    print(f'making a random PNASNet-5 Large checkpoint ({config.num_conv_filters} filters) ...', flush=True)
+    print(f'making a random PNASNet-5 Large ({config.num_conv_filters} filters) ...', flush=True)
     images, x = tf_reference.check_images(args.size, n=args.batch, seed=42)
     # the aux head is not timed; it stays in the checkpoint where it fits, so that the default
     # run's random weights (drawn in variable order) are the ones its figures were measured with
     aux = model_mod.aux_kernel_size(config, args.size) >= 1
-    tf_reference.make_random_checkpoint(prefix, config, seed=1, aux=aux, image_size=args.size)
-    plain, _ = tf_weights.network_from_checkpoint(prefix)
+    if args.no_tf:
+        plain = random_network(config, args.size)
+    else:
+        tf_reference.make_random_checkpoint(prefix, config, seed=1, aux=aux, image_size=args.size)
+        plain, _ = tf_weights.network_from_checkpoint(prefix)
     plain = plain.to(device)
     fast = engine.InferenceModel(plain)
     x = x.to(device)
@@ -288,6 +299,33 @@ def build(args, device, timm, workdir: str) -> Bench:
     return bench
 
 
+def random_network(config: model_mod.PNASNetConfig, size: int, seed: int = 1) -> model_mod.NetworkImageNet:
+    """PNASNet of ``config`` with tf_reference's random weights, drawn in PyTorch's tensor order,
+    and BatchNorm statistics calibrated on smooth images as tf_reference calibrates them (each
+    BN's statistics those of its input in a training-mode forward): what ``--no-tf`` times,
+    where TensorFlow is not installed (a GPU machine). Eval mode, no aux head."""
+    import tf_reference
+    import tf_weights
+    net = model_mod.NetworkImageNet(config)
+    state = net.state_dict()
+    to_tf = {'conv': (2, 3, 1, 0), 'dw': (2, 3, 0, 1), 'fc': (1, 0), 'vec': (0,)}
+    shapes = {tf_name: [state[key].shape[i] for i in to_tf[layout]]
+              for key, tf_name, layout in tf_weights.name_map(net)}
+    tf_weights.load_tf_weights(net, tf_reference.random_weights(shapes, seed))
+    bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]
+    momenta = [bn.momentum for bn in bns]
+    for bn in bns:
+        bn.reset_running_stats()
+        bn.momentum = None  # a cumulative average: after one forward, that batch's statistics
+    _, x = tf_reference.check_images(size, n=4, seed=seed + 1)
+    net.train()
+    with torch.no_grad():
+        net.forward_features(x)
+    for bn, momentum in zip(bns, momenta):
+        bn.momentum = momentum
+    return net.eval()
+
+
 def collect(args, device, bench: Bench, times: dict, breakdown: dict, pre: dict, tf_version) -> dict:
     """The result dict: the figures, by the ``--json`` keys that scripts read."""
     rates = {k: summary(v) for k, v in times.items()}
@@ -302,7 +340,8 @@ def collect(args, device, bench: Bench, times: dict, breakdown: dict, pre: dict,
         'plain_fp32_img_s': rates['plain_fp32']['median'],
         'tf_fp32_img_s': rates['tf_fp32']['median'] if 'tf_fp32' in rates else None,
         'timm_best_img_s': timm_best,
-        'preprocess_img_s': pre['numpy']['median'], 'tf_preprocess_img_s': pre['tf']['median'],
+        'preprocess_img_s': pre['numpy']['median'],
+        'tf_preprocess_img_s': pre['tf']['median'] if 'tf' in pre else None,
         'max_abs_logit_diff_fast_vs_plain': float(np.abs(logits['fp32'] - logits['plain_fp32']).max()),
         'bf16_same_top1_as_fp32': None if agrees is None else bool(agrees.all()),
         'bf16_top1_agreements': None if agrees is None else int(agrees.sum()),
@@ -365,8 +404,9 @@ def report(result: dict) -> None:
               f'time of this port\'s 1x1 convs alone)')
     pre = result['preprocess']
     print(f'preprocessing (decode + preprocess_for_eval, 500x375 JPEG -> 331, one thread): '
-          f'numpy {pre["numpy"]["median"]:.1f} img/s, TF op {pre["tf"]["median"]:.1f} img/s, '
-          f'ratio {pre["numpy"]["median"] / pre["tf"]["median"]:.2f}')
+          f'numpy {pre["numpy"]["median"]:.1f} img/s'
+          + (f', TF op {pre["tf"]["median"]:.1f} img/s, ratio '
+             f'{pre["numpy"]["median"] / pre["tf"]["median"]:.2f}' if 'tf' in pre else ''))
     print(f'memory: the fast fp32 forward grew the process by '
           f'{result["memory"]["fast_fp32_forward_rss_growth_mb"]:.0f} MiB; process peak {rss_mb():.0f} MiB')
     for note in result['notes']:
@@ -557,10 +597,11 @@ def main(argv=None) -> int:
             pass
     if args.train:
         return train_main(args, device, timm)
-    import tf_reference
-    tf = tf_reference.import_tf()
-    tf.config.threading.set_intra_op_parallelism_threads(1)  # eager: the per-image preprocessing op
-    tf.config.threading.set_inter_op_parallelism_threads(1)
+    tf = None
+    if not args.no_tf:
+        tf = utils.import_tf()
+        tf.config.threading.set_intra_op_parallelism_threads(1)  # eager: the per-image preprocessing op
+        tf.config.threading.set_inter_op_parallelism_threads(1)
     with tempfile.TemporaryDirectory(prefix='pnasnet_bench_') as workdir:
         bench = build(args, device, timm, workdir)
         for fn in bench.runners.values():  # warm-up (and compilation)
@@ -574,8 +615,8 @@ def main(argv=None) -> int:
         timm_layout = best_timm_layout({k: summary(v) for k, v in times.items()})
         if timm_layout:
             breakdown[timm_layout] = time_breakdown(bench.models[timm_layout], bench.runners[timm_layout])
-        pre = preprocess_rates(n=16, rounds=max(3, args.rounds))
-        result = collect(args, device, bench, times, breakdown, pre, tf.__version__)
+        pre = preprocess_rates(n=16, rounds=max(3, args.rounds), with_tf=tf is not None)
+        result = collect(args, device, bench, times, breakdown, pre, tf.__version__ if tf else None)
         if bench.tf_net is not None:
             bench.tf_net.close()
     report(result)

@@ -95,20 +95,27 @@ def test_conv_timer_puts_everything_back():
 
 
 def test_benchmark_skips_bf16_on_a_cpu_without_it_and_says_why(tmp_path):
-    """One small run end to end (no TF, no timm); ONEDNN_MAX_CPU_ISA=AVX2 hides native bf16."""
+    """One small run end to end (no TF, no timm); ONEDNN_MAX_CPU_ISA=AVX2 hides native bf16.
+    With --no-tf it runs where TensorFlow cannot be imported at all, as on a GPU machine."""
     import json
     import os
     import subprocess
     import sys
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
     out = tmp_path / 'bench.json'
+    blocked = tmp_path / 'no_tf' / 'tensorflow'
+    blocked.mkdir(parents=True)
+    (blocked / '__init__.py').write_text("raise ImportError('TensorFlow is not installed here')\n")
+    path = os.pathsep.join([str(blocked.parent)] + [p for p in [os.environ.get('PYTHONPATH')] if p])
     run = subprocess.run([sys.executable, 'benchmark.py', '--size', '64', '--batch', '1',
                           '--rounds', '1', '--no-tf', '--no-timm', '--device', 'cpu',
                           '--json', str(out)], cwd=root, capture_output=True, text=True,
-                         env=dict(os.environ, ONEDNN_MAX_CPU_ISA='AVX2'), timeout=600)
+                         env=dict(os.environ, ONEDNN_MAX_CPU_ISA='AVX2', PYTHONPATH=path), timeout=600)
     assert run.returncode == 0, run.stderr[-2000:]
     result = json.loads(out.read_text())
     assert result['bf16_img_s'] is None and 'bf16' not in result['rates']
+    assert result['settings']['tensorflow'] is None and 'tf' not in result['preprocess']
+    assert 'max_abs_logit_diff_vs_tf' not in result
     # the full-width random network's logits are not of unit scale: a loose sanity bound
     assert result['fp32_img_s'] > 0 and result['max_abs_logit_diff_fast_vs_plain'] < 1e-3
     assert any(n.startswith('bf16 skipped: this CPU has no native bfloat16') for n in result['notes'])
