@@ -35,15 +35,12 @@ import torch
 import tf_reference
 import utils
 from model import MIN_IMAGE_SIZE, NetworkImageNet, PNASNetConfig, load_pretrained
+from pretrained import OFFICIAL_URLS
 from tf_reference import AUX_BN, TF_REL_TOL, check_images, tf_tolerance
 from tf_weights import (AUX_NOTES, ConvertError, aux_logits_as_tf, compare_with_tf, infer_config,
                         load_tf_weights, name_map, network_from_checkpoint, read_checkpoint,
                         tf_to_torch)
 
-OFFICIAL_URLS = {
-    'large': 'http://download.tensorflow.org/models/pnasnet-5_large_2017_12_13.tar.gz',
-    'mobile': 'http://download.tensorflow.org/models/pnasnet-5_mobile_2017_12_13.tar.gz',
-}
 ARCHIVE_EXTENSIONS = ('.tar.gz', '.tgz', '.tar')
 
 

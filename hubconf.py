@@ -4,7 +4,9 @@ Each takes a local weights file (a ``convert.py`` output, ``.pth`` or ``.safeten
 (random weights), and passes ``num_classes`` (a fresh classifier when it differs from the
 weights'), ``global_pool`` ('avg', or '' with ``num_classes=0`` for the unpooled map) and
 ``features_only`` / ``out_indices`` (the maps of ``forward_stages``) through; other keyword
-arguments are ``PNASNetConfig`` fields. docs/interop.md shows them in use.
+arguments are ``PNASNetConfig`` fields. ``PNASNet5_Large_Weights`` / ``PNASNet5_Mobile_Weights``
+(from pretrained.py) describe the official weights as torchvision does. docs/interop.md shows
+them in use.
 """
 from typing import List, Optional, Sequence
 
@@ -12,6 +14,7 @@ import torch
 import torch.nn as nn
 
 import model
+from pretrained import PNASNet5_Large_Weights, PNASNet5_Mobile_Weights  # noqa: F401  (re-exported)
 
 dependencies = ['torch']
 
