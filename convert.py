@@ -16,18 +16,11 @@ on a test image. Only then is the output written (atomically; an existing file i
 ``--force``). It holds ``{'config': ..., 'state_dict': ...}`` for ``model.load_pretrained``.
 """
 import argparse
-import glob
-import http.client
 import os
 import shutil
 import sys
-import tarfile
 import tempfile
-import time
-import urllib.error
-import urllib.parse
-import urllib.request
-from typing import Dict, List, Optional, Tuple
+from typing import Dict, Optional
 
 import numpy as np
 import torch
@@ -36,155 +29,12 @@ import tf_reference
 import utils
 from model import MIN_IMAGE_SIZE, NetworkImageNet, PNASNetConfig, load_pretrained
 from pretrained import OFFICIAL_URLS
-from tf_reference import AUX_BN, TF_REL_TOL, check_images, tf_tolerance
-from tf_weights import (AUX_NOTES, ConvertError, aux_logits_as_tf, compare_with_tf, infer_config,
-                        load_tf_weights, name_map, network_from_checkpoint, read_checkpoint,
-                        tf_to_torch)
-
-ARCHIVE_EXTENSIONS = ('.tar.gz', '.tgz', '.tar')
-
-
-# --- fetching the official archive ----------------------------------------------------------------
-
-def checkpoint_present(path: str) -> bool:
-    """Whether ``path`` (prefix, folder or archive) already holds something to convert."""
-    if path.endswith(ARCHIVE_EXTENSIONS):
-        return os.path.isfile(path)
-    if os.path.isdir(path):
-        return bool(glob.glob(os.path.join(path, '**', '*.index'), recursive=True))
-    return os.path.exists(path + '.index')
-
-
-def download(url: str, dest: str, timeout: float = 60.0) -> None:
-    """Downloads ``url`` to ``dest`` with a progress bar: into a temporary file beside it, renamed
-    to ``dest`` only once every byte the server announced has arrived. On any failure nothing is
-    left behind and the error names the URL and the manual step."""
-    folder = os.path.dirname(os.path.abspath(dest))
-    name = os.path.basename(dest)
-    manual = (f'download it by hand into {folder} and unpack it there (tar xzf {name}), '
-              f'or pass --checkpoint')
-    made = []  # the folders this download creates, removed again if it fails
-    parent = folder
-    while not os.path.isdir(parent):
-        made.append(parent)
-        parent = os.path.dirname(parent)
-    try:
-        tmp = utils.temporary_beside(dest, suffix='.part')
-    except OSError as e:
-        raise ConvertError(f'cannot write the download of {url} to {folder} '
-                           f'({e.strerror or e}); {manual}') from None
-    try:
-        from tqdm import tqdm
-        with open(tmp, 'wb') as f:
-            request = urllib.request.Request(url, headers={'User-Agent': 'pnasnet-convert'})
-            with urllib.request.urlopen(request, timeout=timeout) as response:
-                length = response.headers.get('Content-Length', '')
-                total = int(length) if length.isdigit() else None
-                received = 0
-                with tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024, desc=name,
-                          file=sys.stderr, dynamic_ncols=True) as bar:
-                    while True:
-                        chunk = response.read(1 << 20)
-                        if not chunk:
-                            break
-                        f.write(chunk)
-                        received += len(chunk)
-                        bar.update(len(chunk))
-                if total is not None and received != total:
-                    raise http.client.IncompleteRead(b'', total - received)
-        utils.publish(tmp, dest)
-    except BaseException as e:
-        if os.path.exists(tmp):
-            os.remove(tmp)
-        for path in made:
-            try:
-                os.rmdir(path)
-            except OSError:
-                pass
-        if isinstance(e, urllib.error.HTTPError):
-            reason = f'HTTP {e.code} {e.reason}'
-        elif isinstance(e, urllib.error.URLError):
-            reason = f'offline or unreachable: {e.reason}'
-        elif isinstance(e, http.client.IncompleteRead):
-            reason = f'the connection broke off {e.expected} bytes before the end'
-        elif isinstance(e, (OSError, http.client.HTTPException, ValueError)):
-            reason = str(e) or type(e).__name__
-        else:  # KeyboardInterrupt and the like: the partial file is gone, the rest is Python's
-            raise
-        raise ConvertError(f'cannot download {url} ({reason}); {manual}') from None
-
-
-def unpack_checkpoint(archive: str, folder: str, prefix: Optional[str] = None) -> str:
-    """Unpacks the one checkpoint of ``archive`` into ``folder`` as ``prefix.index`` /
-    ``prefix.data-*`` (default: the archive's own name), via a temporary folder there (members
-    may only be plain files and folders inside it), never over a file that is already there.
-    Returns the prefix."""
-    tmp = tempfile.mkdtemp(prefix='.unpack-', dir=folder)
-    try:
-        source = resolve_checkpoint(archive, tmp)
-        prefix = prefix or os.path.join(folder, os.path.basename(source))
-        files = sorted(glob.glob(glob.escape(source) + '.data-*')) + [source + '.index']
-        targets = [prefix + f[len(source):] for f in files]
-        taken = [t for t in targets if os.path.exists(t)]
-        if taken:
-            raise ConvertError(f'{taken[0]} is already there without a complete checkpoint '
-                               f'beside it; move it away, or pass --checkpoint')
-        for f, t in zip(files, targets):  # the .index last: it is what says "a checkpoint"
-            os.replace(f, t)
-        return prefix
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-
-
-def fetch_checkpoint(checkpoint: str, url: str, log=print) -> None:
-    """Puts the archive at ``url`` where ``checkpoint`` expects a checkpoint: the archive itself
-    when ``checkpoint`` names one, else the checkpoint unpacked into its folder (the archive is
-    kept beside it, and a complete one already there is used instead of a new download)."""
-    name = os.path.basename(urllib.parse.urlparse(url).path) or 'checkpoint.tar.gz'
-    if checkpoint.endswith(ARCHIVE_EXTENSIONS):
-        log(f'{checkpoint} is not there: downloading {url}')
-        download(url, checkpoint)
-        return
-    if os.path.isdir(checkpoint):
-        folder, prefix = checkpoint, None
-    else:
-        folder, prefix = os.path.dirname(checkpoint) or '.', checkpoint
-    archive = os.path.join(folder, name)
-    if os.path.isfile(archive):
-        log(f'no checkpoint at {checkpoint}: unpacking {archive}, downloaded before')
-    else:
-        log(f'no checkpoint at {checkpoint}: downloading {url} into {folder}')
-        download(url, archive)
-    prefix = unpack_checkpoint(archive, folder, prefix)
-    log(f'unpacked {archive} as {prefix}.index/.data-* (the archive is kept; delete it to save '
-        f'{os.path.getsize(archive) / 2 ** 20:.0f} MiB)')
-
-
-# --- reading the checkpoint -----------------------------------------------------------------------
-
-def resolve_checkpoint(path: str, workdir: str) -> str:
-    """The checkpoint prefix for a prefix, a folder holding one checkpoint, or the official
-    ``.tar.gz`` (unpacked into ``workdir``)."""
-    if path.endswith(ARCHIVE_EXTENSIONS) and os.path.isfile(path):
-        try:
-            with tarfile.open(path) as tar:
-                tar.extractall(workdir, filter='data')
-        except (tarfile.TarError, OSError, EOFError) as e:
-            raise ConvertError(f'{path}: cannot unpack the archive ({e}); download it again') from None
-        path = workdir
-    if os.path.isdir(path):
-        found = sorted(glob.glob(os.path.join(path, '**', '*.index'), recursive=True))
-        if len(found) != 1:
-            what = 'no checkpoint (*.index)' if not found else f'{len(found)} checkpoints'
-            raise ConvertError(f'{path}: holds {what}; pass --checkpoint PREFIX, e.g. '
-                               f'{os.path.join(path, "model.ckpt")}')
-        return found[0][:-len('.index')]
-    if not os.path.exists(path + '.index'):
-        raise ConvertError(f'{path}: no checkpoint there (looked for {path}.index); download and '
-                           f'unpack pnasnet-5_large_2017_12_13.tar.gz into data/ (see README.md) '
-                           f'or pass --checkpoint')
-    return path
-
+from tf_reference import AUX_BN, check_images
+from timm_weights import check_timm, network_from_timm, read_state_dict, timm_model, timm_name_map
+from tf_weights import (ConvertError, aux_logits_as_tf, checkpoint_present, convert_checkpoint,
+                        fetch_checkpoint, infer_config, network_from_checkpoint,
+                        read_checkpoint, resolve_checkpoint, tf_to_torch, weights_payload)
+from weights_io import write_safetensors, write_weights
 
 # --- the conversion --------------------------------------------------------------------------------
 
@@ -201,22 +51,6 @@ def _check_output(output: str, force: bool) -> None:
         raise ConvertError(f'cannot write to the output folder {folder}; choose another --output')
 
 
-def write_weights(payload: dict, output: str, f) -> None:
-    """``payload`` as ``torch.save`` writes it, or for a ``.safetensors`` output the tensors with
-    the config and source as JSON in the file's metadata (a format that cannot carry code)."""
-    if not output.endswith('.safetensors'):
-        torch.save(payload, f)
-        return
-    import json
-    metadata = {'config': json.dumps(payload['config']), 'source': json.dumps(payload['source'])}
-    _write_safetensors(payload['state_dict'], f, metadata)
-
-
-def _write_safetensors(state: Dict[str, torch.Tensor], f, metadata: Optional[dict] = None) -> None:
-    from safetensors.torch import save
-    f.write(save({k: v.contiguous() for k, v in state.items()}, metadata=metadata))
-
-
 def convert(checkpoint: str, output: str, force: bool = False, check: bool = True,
             image_size: Optional[int] = None, log=print, url: Optional[str] = None) -> dict:
     """Converts ``checkpoint`` (prefix, folder or .tar.gz) to ``output``; returns a report.
@@ -227,50 +61,10 @@ def convert(checkpoint: str, output: str, force: bool = False, check: bool = Tru
     workdir = tempfile.mkdtemp(prefix='pnasnet_convert_')
     try:
         prefix = resolve_checkpoint(checkpoint, workdir)
-        tensors = read_checkpoint(prefix)
-        config = infer_config(tensors)
-        log(f'checkpoint {prefix}: {len(tensors)} tensors; stem {int(32 * config.stem_multiplier)}, '
-            f'filters {config.num_conv_filters}, {config.num_cells} cells, '
-            f'{config.num_classes} classes, aux head: {"yes" if config.auxiliary else "no"}')
-        net = NetworkImageNet(config)
-        report = load_tf_weights(net, tensors)
-        log(f'check 1: all {len(report["used"])} model tensors used, all '
-            f'{len(net.state_dict())} PyTorch tensors set; ignored bookkeeping: '
-            f'{", ".join(report["bookkeeping"]) or "none"}')
-        log(AUX_NOTES[report['aux_head']])
-        n_params = sum(p.numel() for n, p in net.named_parameters()
-                       if not n.startswith('auxiliary_head.'))
-        report['parameters'] = n_params
-        if check:
-            size = image_size or config.image_size
-            t0 = time.time()
-            # aux logits only where TF can compute them: the whole aux head is in the checkpoint
-            diffs = compare_with_tf(prefix, net, size,
-                                    report['aux_head'] == 'complete' and size == config.image_size)
-            report['diffs'] = diffs
-            # each endpoint against its own bound, scaled by its own magnitude
-            bounds = {k: tf_tolerance(diffs[scale]) for k, scale in
-                      (('logits', 'logit_scale'), ('features', 'feature_scale'),
-                       ('aux_logits', 'aux_scale')) if k in diffs}
-            report['bounds'] = bounds
-            log(f'check 2 at {size}px ({time.time() - t0:.0f}s): max|logits - TF| = '
-                f'{diffs["logits"]:.3g} (bound {bounds["logits"]:.3g}), features '
-                f'{diffs["features"]:.3g} (bound {bounds["features"]:.3g})'
-                + (f', aux logits {diffs["aux_logits"]:.3g} (bound {bounds["aux_logits"]:.3g})'
-                   if 'aux_logits' in diffs else
-                   ', aux logits not compared (no aux BatchNorm in the checkpoint)'
-                   if report['aux_head'] == 'release' else '')
-                + f'; bounds: {TF_REL_TOL:g} x max|TF| of each')
-            over = [k for k, bound in bounds.items() if not diffs[k] <= bound]
-            if over:
-                k = over[0]
-                raise ConvertError(f'{prefix}: the converted model\'s {k} differ from TensorFlow by '
-                                   f'{diffs[k]:.3g} (> {bounds[k]:.3g}); nothing was written')
-        payload = {'config': config.to_dict(), 'state_dict': net.state_dict(),
-                   'source': {'checkpoint': os.path.basename(prefix), 'parameters': n_params,
-                              'aux_head': AUX_NOTES[report['aux_head']]}}
+        net, report = convert_checkpoint(prefix, check=check, image_size=image_size, log=log)
+        payload = weights_payload(net, report, prefix)
         utils.write_atomic(output, lambda f: write_weights(payload, output, f))
-        log(f'wrote {output} ({n_params:,} parameters without the aux head)')
+        log(f'wrote {output} ({report["parameters"]:,} parameters without the aux head)')
         return report
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
@@ -333,141 +127,14 @@ def _aux_head_as_converted(net: NetworkImageNet, values: Dict[str, np.ndarray], 
 
 # --- timm's pnasnet5large, both ways ----------------------------------------------------------------
 
-TIMM_BN = {'gamma': 'weight', 'beta': 'bias', 'moving_mean': 'running_mean',
-           'moving_variance': 'running_var'}
-
-
-def timm_key(tf_name: str) -> Optional[str]:
-    """timm's ``pnasnet5large`` state-dict key of a TF-Slim variable (timm's names come from the
-    same release), or None for what timm does not have (the aux head)."""
-    parts = tf_name.split('/')
-    leaf = parts[-1]
-    param = TIMM_BN.get(leaf, 'weight' if leaf.endswith('weights') else 'bias' if leaf == 'biases' else None)
-    if parts[0].startswith('aux_') or param is None:
-        return None
-    if parts[0] == 'conv0':
-        return f'conv_0.conv.{param}'
-    if parts[0] == 'conv0_bn':
-        return f'conv_0.bn.{param}'
-    if parts[0] == 'final_layer':
-        return f'last_linear.{param}'
-    cell, scope = parts[0], parts[1]
-    simple = {'1x1': 'conv_1x1.conv', 'beginning_bn': 'conv_1x1.bn', 'prev_1x1': 'conv_prev_1x1.conv',
-              'prev_bn': 'conv_prev_1x1.bn', 'path1_conv': 'conv_prev_1x1.path_1.conv',
-              'path2_conv': 'conv_prev_1x1.path_2.conv', 'final_path_bn': 'conv_prev_1x1.final_path_bn'}
-    if scope in simple:
-        return f'{cell}.{simple[scope]}.{param}'
-    branch = f'{cell}.{scope}_{parts[2]}'  # comb_iter_i / left|right
-    op = parts[3]
-    if op.startswith('separable_'):
-        conv = 'depthwise_conv2d' if leaf == 'depthwise_weights' else 'pointwise_conv2d'
-        return f'{branch}.separable_{op[-1]}.{conv}.{param}'
-    if op.startswith('bn_sep_'):
-        return f'{branch}.bn_sep_{op[-1]}.{param}'
-    return f'{branch}.{"conv" if op == "1x1" else "bn"}.{param}'  # 1x1 / bn_1 of a projection
-
-
-def timm_name_map(net: NetworkImageNet) -> List[Tuple[str, str]]:
-    """(this port's key, timm's key) for every tensor both have, BN step counters included."""
-    pairs = []
-    for pt_key, tf_name, _ in name_map(net):
-        key = timm_key(tf_name)
-        if key is None:
-            continue
-        pairs.append((pt_key, key))
-        if tf_name.endswith('/gamma'):
-            pairs.append((pt_key.rsplit('.', 1)[0] + '.num_batches_tracked',
-                          key.rsplit('.', 1)[0] + '.num_batches_tracked'))
-    return pairs
-
-
-def _read_state_dict(path: str) -> Dict[str, torch.Tensor]:
-    """A state dict from .pth/.bin (``weights_only``) or .safetensors, unwrapped from a training
-    checkpoint's ``state_dict`` / ``model`` entry."""
-    if not os.path.isfile(path):
-        raise ConvertError(f'{path}: no such file')
-    try:
-        if path.endswith('.safetensors'):
-            from safetensors.torch import load_file
-            obj = load_file(path)
-        else:
-            obj = torch.load(path, map_location='cpu', weights_only=True)
-    except Exception as e:  # pickle, zip, torch and safetensors errors alike
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise ConvertError(f'{path}: cannot read it as a state dict ({first})') from None
-    for wrapper in ('state_dict', 'model', 'state_dict_ema'):
-        if isinstance(obj, dict) and isinstance(obj.get(wrapper), dict):
-            obj = obj[wrapper]
-            break
-    if not (isinstance(obj, dict) and obj and all(isinstance(v, torch.Tensor) for v in obj.values())):
-        raise ConvertError(f'{path}: holds no state dict of tensors')
-    return obj
-
-
-def _timm_model(num_classes: int):
-    try:
-        import timm
-    except ImportError:
-        raise ConvertError('converting timm weights needs timm (pip install -r requirements.txt)') from None
-    return timm.create_model('pnasnet5large', pretrained=False, num_classes=num_classes).eval()
-
-
-def _compare_with_timm(net: NetworkImageNet, timm_net, image_size: int) -> Tuple[float, float]:
-    """(max |logits - timm's|, max |timm's logits|) on two test images; this port's background
-    logit, if it has one, is left out, as timm's label_offset does."""
-    _, x = check_images(image_size)
-    with torch.no_grad():
-        ours, theirs = net.eval()(x), timm_net(x)
-    if ours.shape[1] == theirs.shape[1] + 1:
-        ours = ours[:, 1:]
-    diff = float((ours - theirs).abs().max()) if ours.shape == theirs.shape else float('inf')
-    return diff, float(theirs.abs().max())
-
-
-def _check_timm(net, timm_net, image_size: int, log) -> dict:
-    diff, scale = _compare_with_timm(net, timm_net, image_size)
-    tol = tf_tolerance(scale)  # the same fp32 floor: timm's model sums in other orders too
-    log(f'check 2 at {image_size}px: max|logits - timm| = {diff:.3g} (bound {tol:.3g})')
-    if not diff <= tol:
-        raise ConvertError(f'the converted model differs from timm\'s by {diff:.3g} (> {tol:.3g}); '
-                           f'nothing was written')
-    return {'logits': diff}
-
-
 def from_timm(path: str, output: str, force: bool = False, check: bool = True,
               image_size: int = 331, log=print) -> dict:
     """timm ``pnasnet5large`` weights -> this port's weights file. Its 1000 classes stay 1000
     (class k is ImageNet class k, no background logit: timm dropped it, label_offset 1)."""
     _check_output(output, force)
-    state = _read_state_dict(path)
-    if 'last_linear.weight' not in state or 'conv_0.conv.weight' not in state:
-        raise ConvertError(f'{path}: not a timm pnasnet5large state dict (no conv_0.conv.weight '
-                           f'or last_linear.weight)')
-    num_classes = state['last_linear.weight'].shape[0]
-    net = NetworkImageNet(PNASNetConfig.large(num_classes=num_classes))
-    target = net.state_dict()
-    pairs = timm_name_map(net)
-    for pt_key, key in pairs:
-        if key not in state:
-            raise ConvertError(f'{path}: tensor {key} (for {pt_key}) is missing: not a timm '
-                               f'pnasnet5large state dict')
-        if tuple(state[key].shape) != tuple(target[pt_key].shape):
-            raise ConvertError(f'{path}: tensor {key} has shape {list(state[key].shape)}, but '
-                               f'{pt_key} needs {list(target[pt_key].shape)}')
-        target[pt_key].copy_(state[key])
-    unused = sorted(set(state) - {key for _, key in pairs})
-    if unused:
-        raise ConvertError(f'{path}: tensor {unused[0]} was not used ({len(unused)} in all): the '
-                           f'file holds more than a timm pnasnet5large')
-    unset = sorted(set(target) - {pt for pt, _ in pairs})
-    if unset:
-        raise ConvertError(f'the timm weights set no value for {unset[0]} ({len(unset)} in all)')
-    log(f'check 1: all {len(state)} timm tensors used, all {len(target)} PyTorch tensors set')
-    report = {'diffs': None}
-    if check:
-        timm_net = _timm_model(num_classes)
-        timm_net.load_state_dict(state)
-        report['diffs'] = _check_timm(net, timm_net, image_size, log)
+    state = read_state_dict(path)
+    net, report = network_from_timm(state, path, check=check, image_size=image_size, log=log)
+    num_classes = net.num_classes
     n_params = sum(p.numel() for p in net.parameters())
     payload = {'config': net.config.to_dict(), 'state_dict': net.state_dict(),
                'source': {'timm': os.path.basename(path), 'parameters': n_params,
@@ -497,16 +164,16 @@ def to_timm(path: str, output: str, force: bool = False, check: bool = True,
         state['last_linear.weight'] = state['last_linear.weight'][1:].clone()
         state['last_linear.bias'] = state['last_linear.bias'][1:].clone()
         classes = 1000
-    timm_net = _timm_model(classes)
+    timm_net = timm_model(classes)
     missing, unexpected = timm_net.load_state_dict(state, strict=False)
     if missing or unexpected:
         raise ConvertError(f'the timm layout does not fit timm\'s pnasnet5large (missing '
                            f'{missing[:2]}, unexpected {unexpected[:2]}); nothing was written')
     log(f'check 1: all {len(state)} timm tensors set from {path}')
-    report = {'diffs': _check_timm(net, timm_net, image_size or net.config.image_size, log)
+    report = {'diffs': check_timm(net, timm_net, image_size or net.config.image_size, log)
               if check else None}
     if output.endswith('.safetensors'):
-        utils.write_atomic(output, lambda f: _write_safetensors(state, f))
+        utils.write_atomic(output, lambda f: write_safetensors(state, f))
     else:
         utils.write_atomic(output, lambda f: torch.save(state, f))
     log(f'wrote {output} (timm pnasnet5large, {classes} classes)')

@@ -1,13 +1,24 @@
-"""TF-Slim PNASNet-5 checkpoints onto the PyTorch network: reading them, the name of every
-tensor on both sides, and the check against the TensorFlow twin.
+"""TF-Slim PNASNet-5 checkpoints onto the PyTorch network: fetching and unpacking the release,
+reading a checkpoint, the name of every tensor on both sides, and the checked conversion.
 
-The library behind ``convert.py`` (which adds fetching, writing and the timm formats),
-``benchmark.py`` and the tests. ``network_from_checkpoint(prefix)`` is the whole path in one call.
+The library behind ``convert.py`` (which adds writing its output, the timm formats and the
+floor), ``pretrained.py``, ``benchmark.py`` and the tests. ``convert_checkpoint(prefix)`` is the
+conversion with both of convert.py's checks; ``network_from_checkpoint(prefix)`` the first alone.
 """
 import dataclasses
+import glob
+import http.client
 import os
 import re
-from typing import Dict, List, Tuple
+import shutil
+import sys
+import tarfile
+import tempfile
+import time
+import urllib.error
+import urllib.parse
+import urllib.request
+from typing import Dict, List, Optional, Tuple
 
 import numpy as np
 import torch
@@ -18,7 +29,8 @@ from operations import (Conv7x1x1x7, DilConv, FactorizedReduce, Pool, ReLUConvBN
                         SkipConnect)
 # the aux head's BatchNorms, which the official release does not hold (docs/conversion.md): a
 # checkpoint without all of them gets fresh ones
-from tf_reference import AUX_BN, check_images, run_checkpoint
+import utils
+from tf_reference import AUX_BN, TF_REL_TOL, check_images, run_checkpoint, tf_tolerance
 from utils import import_tf
 
 # Variables that training leaves in a checkpoint but that are not part of the network.
@@ -278,3 +290,204 @@ def network_from_checkpoint(prefix: str, auxiliary: bool = False) -> Tuple[Netwo
                               if not k.startswith('auxiliary_head.')})
         net = body
     return net.eval(), report
+
+
+ARCHIVE_EXTENSIONS = ('.tar.gz', '.tgz', '.tar')
+
+
+# --- fetching the official archive ----------------------------------------------------------------
+
+def checkpoint_present(path: str) -> bool:
+    """Whether ``path`` (prefix, folder or archive) already holds something to convert."""
+    if path.endswith(ARCHIVE_EXTENSIONS):
+        return os.path.isfile(path)
+    if os.path.isdir(path):
+        return bool(glob.glob(os.path.join(path, '**', '*.index'), recursive=True))
+    return os.path.exists(path + '.index')
+
+
+def download(url: str, dest: str, timeout: float = 60.0, manual: Optional[str] = None) -> None:
+    """Downloads ``url`` (``http(s)://`` or ``file://``) to ``dest`` with a progress bar: into a
+    temporary file beside it, renamed to ``dest`` only once every byte the server announced has
+    arrived. On any failure nothing is left behind and the error names the URL and ``manual``,
+    the step by hand (default: convert.py's)."""
+    folder = os.path.dirname(os.path.abspath(dest))
+    name = os.path.basename(dest)
+    manual = manual or (f'download it by hand into {folder} and unpack it there (tar xzf {name}), '
+                        f'or pass --checkpoint')
+    made = []  # the folders this download creates, removed again if it fails
+    parent = folder
+    while not os.path.isdir(parent):
+        made.append(parent)
+        parent = os.path.dirname(parent)
+    try:
+        tmp = utils.temporary_beside(dest, suffix='.part')
+    except OSError as e:
+        raise ConvertError(f'cannot write the download of {url} to {folder} '
+                           f'({e.strerror or e}); {manual}') from None
+    try:
+        from tqdm import tqdm
+        with open(tmp, 'wb') as f:
+            request = urllib.request.Request(url, headers={'User-Agent': 'pnasnet-convert'})
+            with urllib.request.urlopen(request, timeout=timeout) as response:
+                length = response.headers.get('Content-Length', '')
+                total = int(length) if length.isdigit() else None
+                received = 0
+                with tqdm(total=total, unit='B', unit_scale=True, unit_divisor=1024, desc=name,
+                          file=sys.stderr, dynamic_ncols=True) as bar:
+                    while True:
+                        chunk = response.read(1 << 20)
+                        if not chunk:
+                            break
+                        f.write(chunk)
+                        received += len(chunk)
+                        bar.update(len(chunk))
+                if total is not None and received != total:
+                    raise http.client.IncompleteRead(b'', total - received)
+        utils.publish(tmp, dest)
+    except BaseException as e:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        for path in made:
+            try:
+                os.rmdir(path)
+            except OSError:
+                pass
+        if isinstance(e, urllib.error.HTTPError):
+            reason = f'HTTP {e.code} {e.reason}'
+        elif isinstance(e, urllib.error.URLError):
+            reason = f'offline or unreachable: {e.reason}'
+        elif isinstance(e, http.client.IncompleteRead):
+            reason = f'the connection broke off {e.expected} bytes before the end'
+        elif isinstance(e, (OSError, http.client.HTTPException, ValueError)):
+            reason = str(e) or type(e).__name__
+        else:  # KeyboardInterrupt and the like: the partial file is gone, the rest is Python's
+            raise
+        raise ConvertError(f'cannot download {url} ({reason}); {manual}') from None
+
+
+def unpack_checkpoint(archive: str, folder: str, prefix: Optional[str] = None) -> str:
+    """Unpacks the one checkpoint of ``archive`` into ``folder`` as ``prefix.index`` /
+    ``prefix.data-*`` (default: the archive's own name), via a temporary folder there (members
+    may only be plain files and folders inside it), never over a file that is already there.
+    Returns the prefix."""
+    tmp = tempfile.mkdtemp(prefix='.unpack-', dir=folder)
+    try:
+        source = resolve_checkpoint(archive, tmp)
+        prefix = prefix or os.path.join(folder, os.path.basename(source))
+        files = sorted(glob.glob(glob.escape(source) + '.data-*')) + [source + '.index']
+        targets = [prefix + f[len(source):] for f in files]
+        taken = [t for t in targets if os.path.exists(t)]
+        if taken:
+            raise ConvertError(f'{taken[0]} is already there without a complete checkpoint '
+                               f'beside it; move it away, or pass --checkpoint')
+        for f, t in zip(files, targets):  # the .index last: it is what says "a checkpoint"
+            os.replace(f, t)
+        return prefix
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+
+
+def fetch_checkpoint(checkpoint: str, url: str, log=print) -> None:
+    """Puts the archive at ``url`` where ``checkpoint`` expects a checkpoint: the archive itself
+    when ``checkpoint`` names one, else the checkpoint unpacked into its folder (the archive is
+    kept beside it, and a complete one already there is used instead of a new download)."""
+    name = os.path.basename(urllib.parse.urlparse(url).path) or 'checkpoint.tar.gz'
+    if checkpoint.endswith(ARCHIVE_EXTENSIONS):
+        log(f'{checkpoint} is not there: downloading {url}')
+        download(url, checkpoint)
+        return
+    if os.path.isdir(checkpoint):
+        folder, prefix = checkpoint, None
+    else:
+        folder, prefix = os.path.dirname(checkpoint) or '.', checkpoint
+    archive = os.path.join(folder, name)
+    if os.path.isfile(archive):
+        log(f'no checkpoint at {checkpoint}: unpacking {archive}, downloaded before')
+    else:
+        log(f'no checkpoint at {checkpoint}: downloading {url} into {folder}')
+        download(url, archive)
+    prefix = unpack_checkpoint(archive, folder, prefix)
+    log(f'unpacked {archive} as {prefix}.index/.data-* (the archive is kept; delete it to save '
+        f'{os.path.getsize(archive) / 2 ** 20:.0f} MiB)')
+
+
+def resolve_checkpoint(path: str, workdir: str) -> str:
+    """The checkpoint prefix for a prefix, a folder holding one checkpoint, or the official
+    ``.tar.gz`` (unpacked into ``workdir``)."""
+    if path.endswith(ARCHIVE_EXTENSIONS) and os.path.isfile(path):
+        try:
+            with tarfile.open(path) as tar:
+                tar.extractall(workdir, filter='data')
+        except (tarfile.TarError, OSError, EOFError) as e:
+            raise ConvertError(f'{path}: cannot unpack the archive ({e}); download it again') from None
+        path = workdir
+    if os.path.isdir(path):
+        found = sorted(glob.glob(os.path.join(path, '**', '*.index'), recursive=True))
+        if len(found) != 1:
+            what = 'no checkpoint (*.index)' if not found else f'{len(found)} checkpoints'
+            raise ConvertError(f'{path}: holds {what}; pass --checkpoint PREFIX, e.g. '
+                               f'{os.path.join(path, "model.ckpt")}')
+        return found[0][:-len('.index')]
+    if not os.path.exists(path + '.index'):
+        raise ConvertError(f'{path}: no checkpoint there (looked for {path}.index); download and '
+                           f'unpack pnasnet-5_large_2017_12_13.tar.gz into data/ (see README.md) '
+                           f'or pass --checkpoint')
+    return path
+
+
+# --- the checked conversion ------------------------------------------------------------------------
+
+def convert_checkpoint(prefix: str, check: bool = True, image_size: Optional[int] = None,
+                       log=print) -> Tuple[NetworkImageNet, dict]:
+    """The network of the checkpoint at ``prefix`` with its weights, after convert.py's checks:
+    (1) every tensor used and every weight set (``load_tf_weights``); (2) with ``check``, the
+    logits, features (and aux logits where TF has them) within the bound of the TF twin's at
+    ``image_size`` (default: the network's). Returns (network, report); raises ConvertError."""
+    tensors = read_checkpoint(prefix)
+    config = infer_config(tensors)
+    log(f'checkpoint {prefix}: {len(tensors)} tensors; stem {int(32 * config.stem_multiplier)}, '
+        f'filters {config.num_conv_filters}, {config.num_cells} cells, '
+        f'{config.num_classes} classes, aux head: {"yes" if config.auxiliary else "no"}')
+    net = NetworkImageNet(config)
+    report = load_tf_weights(net, tensors)
+    log(f'check 1: all {len(report["used"])} model tensors used, all '
+        f'{len(net.state_dict())} PyTorch tensors set; ignored bookkeeping: '
+        f'{", ".join(report["bookkeeping"]) or "none"}')
+    log(AUX_NOTES[report['aux_head']])
+    n_params = sum(p.numel() for n, p in net.named_parameters()
+                   if not n.startswith('auxiliary_head.'))
+    report['parameters'] = n_params
+    if check:
+        size = image_size or config.image_size
+        t0 = time.time()
+        # aux logits only where TF can compute them: the whole aux head is in the checkpoint
+        diffs = compare_with_tf(prefix, net, size,
+                                report['aux_head'] == 'complete' and size == config.image_size)
+        report['diffs'] = diffs
+        # each endpoint against its own bound, scaled by its own magnitude
+        bounds = {k: tf_tolerance(diffs[scale]) for k, scale in
+                  (('logits', 'logit_scale'), ('features', 'feature_scale'),
+                   ('aux_logits', 'aux_scale')) if k in diffs}
+        report['bounds'] = bounds
+        log(f'check 2 at {size}px ({time.time() - t0:.0f}s): max|logits - TF| = '
+            f'{diffs["logits"]:.3g} (bound {bounds["logits"]:.3g}), features '
+            f'{diffs["features"]:.3g} (bound {bounds["features"]:.3g})'
+            + (f', aux logits {diffs["aux_logits"]:.3g} (bound {bounds["aux_logits"]:.3g})'
+               if 'aux_logits' in diffs else
+               ', aux logits not compared (no aux BatchNorm in the checkpoint)'
+               if report['aux_head'] == 'release' else '')
+            + f'; bounds: {TF_REL_TOL:g} x max|TF| of each')
+        over = [k for k, bound in bounds.items() if not diffs[k] <= bound]
+        if over:
+            k = over[0]
+            raise ConvertError(f'{prefix}: the converted model\'s {k} differ from TensorFlow by '
+                               f'{diffs[k]:.3g} (> {bounds[k]:.3g}); nothing was written')
+    return net, report
+
+
+def weights_payload(net: NetworkImageNet, report: dict, prefix: str) -> dict:
+    """What a convert.py output holds: the config, the weights, and where they came from."""
+    return {'config': net.config.to_dict(), 'state_dict': net.state_dict(),
+            'source': {'checkpoint': os.path.basename(prefix), 'parameters': report['parameters'],
+                       'aux_head': AUX_NOTES[report['aux_head']]}}

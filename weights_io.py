@@ -4,6 +4,7 @@ network; ``model.read_weights`` and ``model.load_pretrained`` build on it.
 """
 import json
 import os
+from typing import Dict, Optional
 
 import torch
 
@@ -97,3 +98,18 @@ def load_state(net: torch.nn.Module, state_dict: dict, path: str) -> None:
             f' unexpected {unexpected[:3]}' if unexpected else '')
         raise CheckpointError(f'{path}: weights do not fit the network of its config ({what.strip()}); '
                               f'convert the TF checkpoint again with convert.py')
+
+
+def write_weights(payload: dict, output: str, f) -> None:
+    """``payload`` as ``torch.save`` writes it, or for a ``.safetensors`` output the tensors with
+    the config and source as JSON in the file's metadata (a format that cannot carry code)."""
+    if not output.endswith('.safetensors'):
+        torch.save(payload, f)
+        return
+    metadata = {'config': json.dumps(payload['config']), 'source': json.dumps(payload['source'])}
+    write_safetensors(payload['state_dict'], f, metadata)
+
+
+def write_safetensors(state: Dict[str, torch.Tensor], f, metadata: Optional[dict] = None) -> None:
+    from safetensors.torch import save
+    f.write(save({k: v.contiguous() for k, v in state.items()}, metadata=metadata))

@@ -12,6 +12,7 @@ import torch
 import convert
 import model
 import tf_reference
+import tf_weights
 from conftest import aux_logits, within_reported_bounds, within_tf_bound
 from model import PNASNetConfig
 
@@ -239,7 +240,7 @@ def test_checkpoint_without_any_aux_head(small_checkpoint, tmp_path):
     tf_reference.write_checkpoint(prefix, values)
     out, lines = tmp_path / 'noaux.pth', []
     report = convert.convert(prefix, str(out), check=False, log=lines.append)
-    assert report['aux_head'] == 'absent' and convert.AUX_NOTES['absent'] in lines
+    assert report['aux_head'] == 'absent' and tf_weights.AUX_NOTES['absent'] in lines
     assert model.load_pretrained(str(out)).auxiliary_head is None
     with pytest.raises(model.CheckpointError, match='holds no auxiliary-head weights'):
         model.load_pretrained(str(out), auxiliary=True)
@@ -344,7 +345,7 @@ def test_an_archive_that_writes_outside_its_folder_is_refused(tmp_path):
         tar.addfile(info, io.BytesIO(b'evil'))
     (tmp_path / 'data').mkdir()
     with pytest.raises(convert.ConvertError, match='cannot unpack the archive'):
-        convert.unpack_checkpoint(str(archive), str(tmp_path / 'data'))
+        tf_weights.unpack_checkpoint(str(archive), str(tmp_path / 'data'))
     assert not (tmp_path / 'escaped.txt').exists() and os.listdir(tmp_path / 'data') == []
 
 

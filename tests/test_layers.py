@@ -16,7 +16,7 @@ LAYERS = {
         'neural_predictor.common'],
     1: ['model', 'engine', 'neural_predictor.dataset', 'neural_predictor.model',
         'neural_predictor.strategies'],
-    2: ['tf_reference', 'tf_weights', 'pretrained', 'hubconf'],
+    2: ['tf_reference', 'tf_weights', 'timm_weights', 'pretrained', 'hubconf'],
 }
 SCRIPTS = ['convert', 'main', 'train', 'export', 'visualize', 'benchmark', 'summary',
            'neural_predictor.train', 'neural_predictor.search',
