@@ -8,13 +8,17 @@ arguments are ``PNASNetConfig`` fields. ``PNASNet5_Large_Weights`` / ``PNASNet5_
 (from pretrained.py) describe the official weights as torchvision does. docs/interop.md shows
 them in use.
 """
+import os
 from typing import List, Optional, Sequence
 
 import torch
 import torch.nn as nn
 
 import model
-from pretrained import PNASNet5_Large_Weights, PNASNet5_Mobile_Weights  # noqa: F401  (re-exported)
+import pretrained as pretrained_mod
+from pretrained import PNASNet5_Large_Weights, PNASNet5_Mobile_Weights
+
+WEIGHTS = {'large': PNASNet5_Large_Weights, 'mobile': PNASNet5_Mobile_Weights}
 
 dependencies = ['torch']
 
@@ -80,8 +84,24 @@ class Features(nn.Module):
 # --- torch.hub ---------------------------------------------------------------------------------------
 
 
-def _build(preset: str, weights: Optional[str], num_classes: Optional[int], features_only: bool,
-           out_indices: Optional[Sequence[int]], global_pool: str, **config) -> nn.Module:
+def _weights_file(preset: str, weights, pretrained: bool = False, source: str = 'tf') -> Optional[str]:
+    """The weights file of an entry point's ``weights``: a path as it is; the preset's weights
+    object or its name ('IMAGENET1K_TF', 'DEFAULT'), or ``pretrained=True``, the official weights,
+    fetched, converted and cached on first use (pretrained.cached_weights)."""
+    enum_cls = WEIGHTS[preset]
+    if weights is None and pretrained:
+        weights = enum_cls.DEFAULT
+    if isinstance(weights, pretrained_mod._WeightsEnum) or (
+            isinstance(weights, str) and weights.split('.')[-1] in enum_cls.__members__
+            and not os.path.exists(weights)):
+        return pretrained_mod.cached_weights(enum_cls.verify(weights), source=source)
+    return weights
+
+
+def _build(preset: str, weights, num_classes: Optional[int], features_only: bool,
+           out_indices: Optional[Sequence[int]], global_pool: str, pretrained: bool = False,
+           source: str = 'tf', **config) -> nn.Module:
+    weights = _weights_file(preset, weights, pretrained, source)
     if weights:
         net = model.load_pretrained(weights, **config)
     else:
@@ -95,18 +115,23 @@ def _build(preset: str, weights: Optional[str], num_classes: Optional[int], feat
     return Features(net, out_indices) if features_only else net
 
 
-def pnasnet5large(weights: Optional[str] = None, num_classes: Optional[int] = None,
-                  features_only: bool = False, out_indices: Optional[Sequence[int]] = None,
-                  global_pool: str = 'avg', **config) -> nn.Module:
-    """PNASNet-5 Large (331 px); ``weights``: a convert.py output of the official checkpoint."""
-    return _build('large', weights, num_classes, features_only, out_indices, global_pool, **config)
+def pnasnet5large(weights=None, num_classes: Optional[int] = None, features_only: bool = False,
+                  out_indices: Optional[Sequence[int]] = None, global_pool: str = 'avg',
+                  pretrained: bool = False, source: str = 'tf', **config) -> nn.Module:
+    """PNASNet-5 Large (331 px); ``weights``: a convert.py output, or 'IMAGENET1K_TF' /
+    PNASNet5_Large_Weights.IMAGENET1K_TF (or ``pretrained=True``): the official weights, cached;
+    ``source='timm'`` takes timm's copy from the Hugging Face Hub (no aux head, 1000 classes)."""
+    return _build('large', weights, num_classes, features_only, out_indices, global_pool,
+                  pretrained, source, **config)
 
 
-def pnasnet5mobile(weights: Optional[str] = None, num_classes: Optional[int] = None,
-                  features_only: bool = False, out_indices: Optional[Sequence[int]] = None,
-                  global_pool: str = 'avg', **config) -> nn.Module:
-    """PNASNet-5 Mobile (224 px); ``weights``: a convert.py output of the official checkpoint."""
-    return _build('mobile', weights, num_classes, features_only, out_indices, global_pool, **config)
+def pnasnet5mobile(weights=None, num_classes: Optional[int] = None, features_only: bool = False,
+                   out_indices: Optional[Sequence[int]] = None, global_pool: str = 'avg',
+                   pretrained: bool = False, source: str = 'tf', **config) -> nn.Module:
+    """PNASNet-5 Mobile (224 px); ``weights``: a convert.py output, or 'IMAGENET1K_TF' /
+    PNASNet5_Mobile_Weights.IMAGENET1K_TF (or ``pretrained=True``): the official weights, cached."""
+    return _build('mobile', weights, num_classes, features_only, out_indices, global_pool,
+                  pretrained, source, **config)
 
 
 # --- timm ------------------------------------------------------------------------------------------
@@ -120,17 +145,19 @@ def _timm_entrypoint(name: str, preset: str):
                features_only: bool = False, out_indices: Optional[Sequence[int]] = None,
                drop_rate: Optional[float] = None, drop_path_rate: Optional[float] = None,
                device=None, dtype=None, **config) -> nn.Module:
-        if pretrained:
-            raise ValueError(f'{name}: timm fetches no weights for this port; convert the official '
-                             f'checkpoint with convert.py and load it with model.load_pretrained')
         config.pop('scriptable', None)  # timm's layer switches; this model is scriptable as it is
         config.pop('exportable', None)
         if drop_rate is not None:
             config['dropout'] = drop_rate
         if drop_path_rate is not None:
             config['drop_path_prob'] = drop_path_rate
-        cfg = getattr(model.PNASNetConfig, preset)(num_classes=num_classes, **config)
-        net = model.build_network(cfg, global_pool=global_pool)
+        if pretrained:  # the official weights, cached (pretrained.cached_weights)
+            net = model.load_pretrained(_weights_file(preset, None, True), **config)
+            if num_classes != net.num_classes or global_pool != net.global_pool:
+                net.reset_classifier(num_classes, global_pool)
+        else:
+            cfg = getattr(model.PNASNetConfig, preset)(num_classes=num_classes, **config)
+            net = model.build_network(cfg, global_pool=global_pool)
         net = Features(net, out_indices) if features_only else net
         return net.to(device=device, dtype=dtype) if device is not None or dtype is not None else net
     create.__name__ = create.__qualname__ = name

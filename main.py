@@ -19,6 +19,7 @@ import torch.distributed as dist
 
 import engine
 import model as model_mod
+import pretrained
 import utils
 from runtime import (UserError, autocast, end_processes, resolve_precision, setup_cuda,
                      start_processes)
@@ -31,7 +32,9 @@ def parse_args(argv=None):
                     help='ImageNet val, one folder per wnid; for a train.py output, one folder '
                          'per class of its training data (labelled by the class names it carries)')
     ap.add_argument('--weights', default='data/PNASNet-5_Large.pth',
-                    help='output of convert.py, or best.pth of train.py')
+                    help='output of convert.py, or best.pth of train.py; or IMAGENET1K_TF '
+                         '(PNASNet5_Mobile_Weights.IMAGENET1K_TF for Mobile): the official '
+                         'weights, downloaded, converted and cached on first use (docs/interop.md)')
     ap.add_argument('--image-size', type=utils.int_at_least(model_mod.MIN_IMAGE_SIZE),
                     help='default: the checkpoint\'s (331 Large, 224 Mobile)')
     ap.add_argument('--batch-size', type=utils.int_at_least(1), default=32)
@@ -72,8 +75,8 @@ def load_model(weights: str, device: torch.device, plain: bool = False, compile:
     if plain and compile:
         raise UserError('--compile compiles the fast path, which --plain turns off; drop one')
     try:
-        net = model_mod.load_pretrained(weights)
-    except model_mod.CheckpointError as e:
+        net = model_mod.load_pretrained(pretrained.weights_file(weights))
+    except (model_mod.CheckpointError, pretrained.ConvertError) as e:
         raise UserError(str(e)) from None
     net = net.to(device).eval()
     if plain:

@@ -3,6 +3,9 @@ and ``PNASNet5_Mobile_Weights.IMAGENET1K_TF``, each with where the TF-Slim relea
 (``url``; ``PNASNET_LARGE_URL`` / ``PNASNET_MOBILE_URL`` name a mirror), what it is (``meta``: the
 published accuracy, size, cost and the 1001 categories) and its preprocessing (``transforms()``:
 TF-Slim's evaluation preprocessing as a transform, the exact tensor ``main.py`` feeds the network).
+``cached_weights`` fetches, checks and converts the release on first use and caches the result in
+torch.hub's checkpoint folder; hubconf's entry points, timm's ``pretrained=True`` and
+``--weights IMAGENET1K_TF`` of main.py and train.py read it from there.
 
     from hubconf import PNASNet5_Large_Weights
     weights = PNASNet5_Large_Weights.IMAGENET1K_TF
@@ -11,21 +14,34 @@ TF-Slim's evaluation preprocessing as a transform, the exact tensor ``main.py`` 
 
 More: docs/interop.md
 """
+import contextlib
 import enum
+import hashlib
 import os
+import shutil
+import sys
+import tempfile
+import urllib.parse
 from dataclasses import dataclass, field
 from typing import Callable
 
 import numpy as np
 import torch
 
+import model
+import tf_weights
 import utils
+import weights_io
+from tf_weights import ConvertError
 
 OFFICIAL_URLS = {
     'large': 'http://download.tensorflow.org/models/pnasnet-5_large_2017_12_13.tar.gz',
     'mobile': 'http://download.tensorflow.org/models/pnasnet-5_mobile_2017_12_13.tar.gz',
 }
 URL_VARIABLES = {'large': 'PNASNET_LARGE_URL', 'mobile': 'PNASNET_MOBILE_URL'}
+RELEASE_VARIABLES = {'large': 'pnasnet5_large_331.vars.tsv', 'mobile': 'pnasnet5_mobile_224.vars.tsv'}
+CACHE_NAMES = {'large': 'pnasnet5large_tf_in1k', 'mobile': 'pnasnet5mobile_tf_in1k'}
+SOURCES = ('tf', 'timm')  # the TF-Slim release, or timm's copy of Large on the Hugging Face Hub
 
 
 class TFSlimEval:
@@ -122,3 +138,187 @@ class PNASNet5_Large_Weights(_WeightsEnum):
 class PNASNet5_Mobile_Weights(_WeightsEnum):
     IMAGENET1K_TF = Weights('mobile', lambda: TFSlimEval(224), _meta(224, 5_066_202, 0.588, 74.2, 91.9))
     DEFAULT = IMAGENET1K_TF
+
+
+# --- fetched, converted and cached on first use -------------------------------------------------------
+
+def _say(message: str) -> None:
+    print(f'pnasnet: {message}', file=sys.stderr, flush=True)
+
+
+def cache_path(weights, source: str = 'tf') -> str:
+    """Where the converted weights live: torch.hub's checkpoint folder (``TORCH_HOME`` moves it),
+    as safetensors with the config in its metadata; the archive's sha256 beside it (.json)."""
+    name = CACHE_NAMES[weights.value.preset]
+    return os.path.join(torch.hub.get_dir(), 'checkpoints',
+                        (name if source == 'tf' else name.replace('_tf_', '_timm_')) + '.safetensors')
+
+
+def load_network(weights, log=_say, source: str = 'tf', **overrides) -> model.NetworkImageNet:
+    """The network of ``weights`` (an Enum member, or its name), its weights read from the cache,
+    made there first if need be (``cached_weights``); ``overrides`` as for model.load_pretrained."""
+    return model.load_pretrained(cached_weights(weights, log, source), **overrides)
+
+
+def cached_weights(weights, log=_say, source: str = 'tf') -> str:
+    """The path of the converted official weights: read from the cache when it holds them whole
+    (no TensorFlow then), else downloaded from ``weights.url``, checked against the release's
+    variable names, converted with both of convert.py's checks and written there atomically.
+    Processes asking at once convert once: the others wait on a file lock and read the cache.
+    A damaged cache file is said in one line and made again; errors are ConvertError, one line.
+    ``source='timm'``: timm's copy of Large from the Hugging Face Hub instead of the release,
+    checked against timm's own model; it lacks the aux head and the background logit (1000
+    classes), and timm has no Mobile."""
+    weights = _member(weights)
+    if source not in SOURCES:
+        raise ConvertError(f'source {source!r}: one of {", ".join(SOURCES)}')
+    if source == 'timm' and weights.value.preset != 'large':
+        raise ConvertError('source \'timm\': timm has PNASNet-5 Large only; Mobile comes from the '
+                           'TF-Slim release (source \'tf\')')
+    path = cache_path(weights, source)
+    if _cache_whole(path, log):
+        return path
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    with _locked(path + '.lock', log):
+        if not _cache_whole(path, log):  # another process may have made it meanwhile
+            (_build if source == 'tf' else _build_from_timm)(weights, path, log)
+    return path
+
+
+def _member(weights):
+    if isinstance(weights, _WeightsEnum):
+        return weights
+    for enum_cls in (PNASNet5_Large_Weights, PNASNet5_Mobile_Weights):
+        if isinstance(weights, str) and weights.split('.')[0] == enum_cls.__name__:
+            return enum_cls.verify(weights)
+    return PNASNet5_Large_Weights.verify(weights)
+
+
+def _cache_whole(path: str, log) -> bool:
+    """Whether ``path`` is a complete cache file; a damaged one is said and removed."""
+    if not os.path.exists(path):
+        return False
+    try:
+        from safetensors import safe_open
+        with safe_open(path, framework='pt', device='cpu') as f:
+            if 'config' not in (f.metadata() or {}) or not list(f.keys()):
+                raise ValueError('not a cache file of this port')
+        return True
+    except Exception as e:  # safetensors' own errors for truncated or foreign files
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        log(f'{path}: damaged ({first}); converting again')
+        os.remove(path)
+        return False
+
+
+@contextlib.contextmanager
+def _locked(path: str, log):
+    """An exclusive lock on ``path`` (a file beside the cache), held for the body."""
+    try:
+        import fcntl
+    except ImportError:  # no POSIX locks: each process converts, the cache is written atomically
+        yield
+        return
+    with open(path, 'a') as f:
+        try:
+            fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            log(f'another process is making {path[:-len(".lock")]}: waiting for it')
+            fcntl.flock(f, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(f, fcntl.LOCK_UN)
+
+
+def _build(weights, path: str, log) -> None:
+    preset, url = weights.value.preset, weights.url
+    folder = os.path.dirname(path)
+    name = os.path.basename(urllib.parse.urlparse(url).path) or f'pnasnet-5_{preset}.tar.gz'
+    archive = os.path.join(folder, name)
+    if not os.path.isfile(archive):  # the download shows its own progress bar
+        tf_weights.download(url, archive, manual=(
+            f'place the archive there by hand ({archive}), or name a mirror in '
+            f'{URL_VARIABLES[preset]} (http(s):// or file://)'))
+    digest = _sha256(archive)
+    workdir = tempfile.mkdtemp(prefix='pnasnet_pretrained_')
+    try:
+        try:
+            prefix = tf_weights.resolve_checkpoint(archive, workdir)
+            _check_release_names(prefix, preset, archive)
+        except ConvertError:
+            os.remove(archive)  # a broken or foreign download is not kept: the next try fetches again
+            raise
+        log(f'converting {archive} (both of convert.py\'s checks, against TensorFlow)')
+        net, report = tf_weights.convert_checkpoint(prefix, log=lambda *a: None)
+        payload = tf_weights.weights_payload(net, report, prefix)
+        payload['source'].update({'url': url, 'archive_sha256': digest})
+        utils.write_atomic(path, lambda f: weights_io.write_weights(payload, path, f))
+        utils.save_json({'url': url, 'archive': name, 'archive_sha256': digest,
+                         'diffs_vs_tf': report.get('diffs')}, path[:-len('.safetensors')] + '.json')
+        log(f'cached {path}')
+    finally:
+        shutil.rmtree(workdir, ignore_errors=True)
+
+
+def timm_state_dict() -> dict:
+    """timm's ``pnasnet5large.tf_in1k`` weights, which timm fetches from the Hugging Face Hub."""
+    try:
+        import timm
+        return timm.create_model('pnasnet5large.tf_in1k', pretrained=True).state_dict()
+    except ImportError:
+        raise ConvertError('source \'timm\' needs timm (pip install -r requirements.txt)') from None
+    except Exception as e:  # the Hub's and the network's errors alike
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ConvertError(f'cannot fetch timm\'s pnasnet5large.tf_in1k from the Hugging Face Hub '
+                           f'({first}); use the TF-Slim release (source \'tf\') or '
+                           f'convert.py --from-timm FILE') from None
+
+
+def _build_from_timm(weights, path: str, log) -> None:
+    import timm_weights
+    state = timm_state_dict()
+    log('converting timm\'s pnasnet5large.tf_in1k (checked against timm\'s model); it has no aux '
+        'head and 1000 classes, no background logit')
+    net, report = timm_weights.network_from_timm(state, 'timm pnasnet5large.tf_in1k', log=lambda *a: None)
+    payload = {'config': net.config.to_dict(), 'state_dict': net.state_dict(),
+               'source': {'timm': 'pnasnet5large.tf_in1k', 'parameters': report['parameters'],
+                          'aux_head': 'aux head: none in timm\'s pnasnet5large, none converted'}}
+    utils.write_atomic(path, lambda f: weights_io.write_weights(payload, path, f))
+    log(f'cached {path}')
+
+
+def _sha256(path: str) -> str:
+    h = hashlib.sha256()
+    with open(path, 'rb') as f:
+        for chunk in iter(lambda: f.read(1 << 20), b''):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _check_release_names(prefix: str, preset: str, archive: str) -> None:
+    """The checkpoint's variables are the release's (data/*.vars.tsv), by name; the aux head's
+    BatchNorms (which the published files lack) and training's bookkeeping may be there or not."""
+    def kept(names):
+        return {n for n in names if not (tf_weights.AUX_BN.match(n) or tf_weights.BOOKKEEPING.search(n))}
+    with open(os.path.join(utils.DATA_DIR, RELEASE_VARIABLES[preset])) as f:
+        release = kept(line.split('\t', 1)[0] for line in f if line.strip())
+    names = kept(tf_weights.read_checkpoint(prefix))
+    missing, extra = sorted(release - names), sorted(names - release)
+    if missing or extra:
+        first = f'lacks {missing[0]}' if missing else f'has {extra[0]}, which the release has not'
+        raise ConvertError(f'{archive}: not the PNASNet-5 {preset.capitalize()} release ({first}; '
+                           f'{len(missing) + len(extra)} names differ); point '
+                           f'{URL_VARIABLES[preset]} at the release or a copy of it')
+
+
+def weights_file(value: str, log=_say) -> str:
+    """What ``--weights`` names, as a file: a path as it is; a weights name, the cached official
+    weights (``IMAGENET1K_TF`` is Large's, ``PNASNet5_Mobile_Weights.IMAGENET1K_TF`` Mobile's)."""
+    if os.path.exists(value):
+        return value
+    try:
+        member = _member(value)
+    except ValueError:
+        return value  # not a name: the path's own error follows where it is read
+    return cached_weights(member, log)

@@ -31,6 +31,7 @@ import torch.nn.functional as F
 import cifar
 import genotypes as genotypes_mod
 import model as model_mod
+import pretrained
 import runtime
 import utils
 import weights_io
@@ -110,7 +111,9 @@ def parse_args(argv=None):
                     help='with --dataset cifar10: download CIFAR-10 into --data when it is not there')
     ap.add_argument('--output', help='run folder (default with --resume: the folder of its file)')
     ap.add_argument('--weights', help='fine-tune this convert.py or train.py output (.pth or '
-                                      '.safetensors); without it, train from scratch')
+                                      '.safetensors), or IMAGENET1K_TF (Mobile: '
+                                      'PNASNet5_Mobile_Weights.IMAGENET1K_TF), the official '
+                                      'weights cached on first use; without it, train from scratch')
     ap.add_argument('--resume', metavar='FILE', help='continue the run of this last.pth')
     ap.add_argument('--force', action='store_true', help='start afresh in an --output that holds a run')
     add_network_args(ap)
@@ -542,8 +545,8 @@ def network_for_run(args, class_names: List[str], log) -> Tuple[model_mod.Networ
     if not args.weights:
         return scratch_network(args, n, want_aux, log), None
     try:
-        obj = model_mod.read_weights(args.weights)
-    except model_mod.CheckpointError as e:
+        obj = model_mod.read_weights(pretrained.weights_file(args.weights))
+    except (model_mod.CheckpointError, pretrained.ConvertError) as e:
         raise UserError(str(e)) from None
     config, state_dict = obj['config'], dict(obj['state_dict'])
     check_arch_options(args, config)
