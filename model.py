@@ -1,13 +1,10 @@
 """PNASNet-5 (Liu et al., ECCV 2018): DARTS-style, genotype-driven NetworkImageNet and NetworkCIFAR.
 
-The network follows TF-Slim's ``pnasnet.py`` exactly: a VALID 3x3 stem conv, two stride-2 stem
-cells, ``num_cells`` cells with reductions at ``int(k/3 * num_cells)``, ReLU + global mean +
-dropout + FC. Every cell is built from a genotype in ``genotypes.py``. The fast inference path is
-``engine.InferenceModel``, which reads this network and is not part of it.
-
-Expected input (as TF-Slim's inception preprocessing gives it, see ``utils.preprocess_for_eval``):
-RGB, NCHW float32 in [-1, 1], central crop 0.875, bilinear resize to 331 (Large) or 224 (Mobile).
-The 1001 logits put the background class at index 0; ImageNet class k is logit k + 1.
+TF-Slim's ``pnasnet.py`` exactly: a VALID 3x3 stem conv, two stride-2 stem cells, ``num_cells``
+cells from a genotype of ``genotypes.py`` with reductions at ``int(k/3 * num_cells)``, ReLU, global
+mean, dropout, FC. ``engine.InferenceModel`` (the fast path) reads this network; it is not part of it.
+Input: RGB NCHW float32 in [-1, 1] as ``utils.preprocess_for_eval`` gives it (331 px Large, 224
+Mobile). The 1001 logits put the background class at index 0; ImageNet class k is logit k + 1.
 """
 import dataclasses
 from dataclasses import dataclass
@@ -44,8 +41,7 @@ class PNASNetConfig:
     num_reduction_layers: int = 2
     filter_scaling_rate: float = 2.0
     stem: str = 'imagenet'           # 'imagenet': conv0 3x3/2 VALID + two stem cells (pnasnet.py);
-                                     # 'cifar': a 3x3 SAME conv of F * stem_multiplier, no stem
-                                     # cells (nasnet.py's _cifar_stem); NetworkCIFAR builds it
+                                     # 'cifar' (NetworkCIFAR): a 3x3 SAME conv of F * stem_multiplier
 
     @classmethod
     def large(cls, **overrides) -> 'PNASNetConfig':
@@ -53,11 +49,9 @@ class PNASNetConfig:
 
     @classmethod
     def cifar(cls, **overrides) -> 'PNASNetConfig':
-        """PNASNet-5 on CIFAR-10 as the paper's Table 1 has it: N = 3 and F = 48, laid out as
-        TF-Slim's cifar_config (stem multiplier 3, aux head on the last cell before the second
-        reduction, no dropout before the classifier). N counts cells as pnasnet.py does, where
-        num_cells = 3N holds the two reduction cells (Mobile, N = 3, has 9): cells 3 and 6 reduce,
-        and the network has 3.19 M parameters without the aux head, the paper's 3.2 M."""
+        """PNASNet-5 on CIFAR-10 as the paper's Table 1 has it (N = 3, F = 48: num_cells = 3N
+        with the reductions at cells 3 and 6; 3.19 M parameters without the aux head, the paper's
+        3.2 M), laid out as TF-Slim's cifar_config: stem multiplier 3, no dropout."""
         values = dict(stem='cifar', stem_multiplier=3.0, num_conv_filters=48, num_cells=9,
                       num_classes=10, image_size=32, dropout=0.0)
         values.update(overrides)
@@ -103,9 +97,8 @@ class PNASNetConfig:
                    'num_reduction_layers', 'filter_scaling_rate')
 
     def same_body(self, other: 'PNASNetConfig') -> bool:
-        """Whether both configs build the same stem and cells (genotype included); classes,
-        input size, heads and regularisation aside. ``config.same_body(PNASNetConfig.mobile())``
-        is how a preset is recognised."""
+        """Whether both build the same stem and cells (genotype included), whatever their classes,
+        input size and heads: ``config.same_body(PNASNetConfig.mobile())`` recognises a preset."""
         return (all(getattr(self, f) == getattr(other, f) for f in self.BODY_FIELDS)
                 and genotypes_mod.get(self.genotype) == genotypes_mod.get(other.genotype))
 
@@ -188,9 +181,8 @@ class Cell(nn.Module):
 
     @property
     def ops(self):
-        """The ops in genotype order: ops 2i and 2i + 1 make combination i, op j reads state
-        ``indices[j]`` (0, 1: the preprocessed inputs; 2 + i: combination i); the cell's output
-        concatenates the states ``concat``."""
+        """The ops in genotype order: 2i and 2i + 1 sum to state 2 + i; op j reads state
+        ``indices[j]`` (0, 1: the preprocessed inputs); the output concatenates ``concat``."""
         return self._ops
 
     def forward(self, s0: Optional[torch.Tensor], s1: torch.Tensor,
@@ -249,12 +241,9 @@ torch.fx.wrap('_aux_map_checked')  # reads the traced shape: recorded whole in a
 
 
 class NetworkImageNet(nn.Module):
-    """PNASNet-5 and its relatives for ImageNet; ``forward`` returns the logits, and
-    ``(logits, logits_aux)`` in training mode with the aux head. The stem is TF-Slim's ImageNet
-    stem: a VALID 3x3/2 conv and two reduction cells (``NetworkCIFAR`` has another).
-
-    ``global_pool``: 'avg' (TF-Slim's global mean), or '' for the unpooled map, which needs
-    ``config.num_classes == 0`` (no classifier), as timm has it."""
+    """PNASNet-5 and its relatives on TF-Slim's ImageNet stem (a VALID 3x3/2 conv and two reduction
+    cells; ``NetworkCIFAR`` has another). ``global_pool``: 'avg' (TF-Slim's global mean), or ''
+    for the unpooled map, which needs ``config.num_classes == 0``, as timm has it."""
 
     stem = 'imagenet'  # the config.stem this class builds
 
@@ -340,9 +329,8 @@ class NetworkImageNet(nn.Module):
                 s0, s1 = s1, out
                 if k + 1 in taps:
                     maps.append(F.relu(out))
-                if self.auxiliary_head is not None:
-                    if with_aux and self.training and k == self.aux_index:
-                        logits_aux = self.auxiliary_head(out)
+                if self.auxiliary_head is not None and with_aux and self.training and k == self.aux_index:
+                    logits_aux = self.auxiliary_head(out)
         return maps, logits_aux
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -357,9 +345,8 @@ class NetworkImageNet(nn.Module):
         return nn.Conv2d(3, C_stem, 3, stride=2, padding=0, bias=False)
 
     def reset_classifier(self, num_classes: int, global_pool: Optional[str] = None) -> None:
-        """New, freshly initialised classifiers (and aux classifier) for ``num_classes``, as
-        timm's models have it (0: none, the pooled features come out); ``global_pool`` '' (with
-        ``num_classes`` 0): the unpooled map comes out. The body is kept."""
+        """Fresh classifiers (the aux one too) for ``num_classes`` on the kept body, as timm has it:
+        0, the pooled features come out; 0 with ``global_pool`` '', the unpooled map."""
         pool = self.global_pool if global_pool is None else global_pool
         _check_global_pool(pool, num_classes)
 
@@ -378,9 +365,8 @@ class NetworkImageNet(nn.Module):
 
     def forward_stages(self, x: torch.Tensor, out_indices: Optional[List[int]] = None
                        ) -> List[torch.Tensor]:
-        """The feature maps at strides 2, 4, 8, 16 and 32 (``feature_info``), or those of
-        ``out_indices``; the last one equals ``forward_features(x)``. Cells after the last map
-        asked for are not run."""
+        """The maps at strides 2, 4, 8, 16 and 32 (``feature_info``; the last is forward_features'),
+        or those of ``out_indices``; cells after the last one asked for are not run."""
         n = len(self._taps)
         for i in out_indices or []:
             if not -n <= i < n:
@@ -397,23 +383,20 @@ class NetworkImageNet(nn.Module):
         return self.forward_features(x).mean(dim=(2, 3))
 
     def forward_head(self, features: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        """Logits from ``forward_features`` output (pooled first, unless ``global_pool`` is '')
-        or from ``extract_features`` output, as timm's models have it; ``pre_logits``: the
-        pooled features, after dropout."""
+        """Logits of ``forward_features``' map (pooled unless ``global_pool`` is '') or of pooled
+        features, as timm has it; ``pre_logits``: the pooled features after dropout."""
         if self.global_pool == 'avg':
             features = _global_mean(features)
         features = self.dropout(features)
         return features if pre_logits else self.classifier(features)
 
     def set_grad_checkpointing(self, enable: bool = True) -> None:
-        """Recompute each cell in the backward pass instead of keeping its activations (training
-        memory for compute, as timm's models have it)."""
+        """Recompute each cell in the backward pass instead of keeping its activations (timm's)."""
         self.grad_checkpointing = enable
 
     def forward(self, x: torch.Tensor) -> Union[torch.Tensor, Tuple[torch.Tensor, torch.Tensor]]:
-        """The logits [N, num_classes], as timm's and torchvision's models return them; in
-        training mode with the aux head, ``(logits, logits_aux)`` (torchvision's inception
-        convention)."""
+        """The logits [N, num_classes]; in training mode with the aux head ``(logits, logits_aux)``,
+        torchvision's Inception convention."""
         n = len(self.cells)
         maps, logits_aux = self._forward(x, n, [n], True)
         logits = self.forward_head(maps[0])
@@ -491,6 +474,23 @@ def read_weights(path: str, map_location='cpu') -> dict:
     if names is not None and (not isinstance(names, (list, tuple)) or len(names) != config.num_classes):
         raise CheckpointError(f'{path}: class_names do not fit its {config.num_classes} classes')
     return dict(obj, config=config, class_names=list(names) if names is not None else None)
+
+
+def pnasnet5large(weights=None, **overrides) -> NetworkImageNet:
+    """PNASNet-5 Large (331 px): random weights, a weights file, or a weights object
+    (hubconf.PNASNet5_Large_Weights.IMAGENET1K_TF: the official ones, cached on first use)."""
+    return _preset('large', weights, overrides)
+
+
+def pnasnet5mobile(weights=None, **overrides) -> NetworkImageNet:
+    """PNASNet-5 Mobile (224 px), as ``pnasnet5large``."""
+    return _preset('mobile', weights, overrides)
+
+
+def _preset(name: str, weights, overrides: dict) -> NetworkImageNet:
+    if weights is None:
+        return NetworkImageNet(getattr(PNASNetConfig, name)(**overrides))
+    return load_pretrained(weights if isinstance(weights, str) else weights.file(name), **overrides)
 
 
 def load_pretrained(path: str, auxiliary: bool = False, map_location='cpu',

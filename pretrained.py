@@ -129,6 +129,14 @@ class _WeightsEnum(enum.Enum):
         meta['categories'] = categories()
         return meta
 
+    def file(self, preset=None) -> str:
+        """The weights file: the cache, fetched and converted on first use (``cached_weights``);
+        ``preset`` ('large' or 'mobile') is the network it must be for."""
+        if preset is not None and preset != self.value.preset:
+            raise ValueError(f'{type(self).__name__}.{self.name} holds PNASNet-5 '
+                             f'{self.value.preset.capitalize()}, not {preset.capitalize()}')
+        return cached_weights(self)
+
 
 class PNASNet5_Large_Weights(_WeightsEnum):
     IMAGENET1K_TF = Weights('large', lambda: TFSlimEval(331), _meta(331, 86_061_989, 25.0, 82.9, 96.2))

@@ -230,6 +230,11 @@ def test_a_cut_download_and_a_damaged_cache_recover(release_archive, tmp_path, m
     cached = model.load_pretrained(path)
     assert ours.classifier.out_features == 10 and torch.equal(
         ours.cells[3].ops[0].depthwise1.weight, cached.cells[3].ops[0].depthwise1.weight)
+    # model.pnasnet5mobile(weights=...), torchvision's builder form, reads the same file
+    built = model.pnasnet5mobile(weights=pretrained.PNASNet5_Mobile_Weights.IMAGENET1K_TF)
+    assert torch.equal(built.cells[3].ops[0].depthwise1.weight, cached.cells[3].ops[0].depthwise1.weight)
+    with pytest.raises(ValueError, match='holds PNASNet-5 Mobile, not Large'):
+        model.pnasnet5large(weights=pretrained.PNASNet5_Mobile_Weights.IMAGENET1K_TF)
     # train.py fine-tunes the same weights by name
     import train
     args = train.parse_args(['--data', str(tmp_path), '--weights', NAME])
