@@ -19,7 +19,7 @@ from typing import Dict, Optional, Sequence, Tuple
 import numpy as np
 
 import genotypes as genotypes_mod
-from model import PNASNetConfig
+from model import PNASNetConfig, aux_kernel_size
 from utils import import_tf, tf_startup_filtered
 
 BN_EPS = 1e-3
@@ -343,7 +343,8 @@ def make_random_checkpoint(prefix: str, config: PNASNetConfig, seed: int = 0, au
             towers = []
             for batch in eval_images:
                 ph = v1.placeholder(tf.float32, [None] + list(batch.shape[1:]))
-                towers.append((ph, _Builder(tf).network(ph, config, aux=aux)))
+                aux_fits = aux and aux_kernel_size(config, batch.shape[1]) == aux_kernel_size(config, size)
+                towers.append((ph, _Builder(tf).network(ph, config, aux=aux_fits)))
         if len(v1.global_variables()) != len(model_vars):
             raise ValueError('eval_images need sizes whose aux head matches image_size\'s')
         step = v1.train.get_or_create_global_step()

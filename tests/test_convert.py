@@ -18,13 +18,13 @@ from model import PNASNetConfig
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
-# sizes grouped by the aux head kernel they imply (one TF graph per group)
-CASES = [(preset, f, group) for preset, f in (('large', 8), ('mobile', 10))
-         for group in ((331, 323), (299,), (224, 225))]
+# every size in one TF graph per preset; the aux logits at the sizes whose aux kernel is the one
+# of the preset's own size (331 and 323 for Large, 224 and 225 for Mobile), the aux head being
+# VALID convolutions whose kernel alone depends on the size
+CASES = [('large', 8, (331, 323, 299, 224, 225)), ('mobile', 10, (224, 225, 331, 323, 299))]
 
 
-@pytest.mark.parametrize('preset, filters, sizes', CASES,
-                         ids=[f'{p}-f{f}-{"-".join(map(str, g))}' for p, f, g in CASES])
+@pytest.mark.parametrize('preset, filters, sizes', CASES, ids=[f'{p}-f{f}' for p, f, _ in CASES])
 def test_network_matches_tf_twin(tmp_path, tf, preset, filters, sizes):
     config = getattr(PNASNetConfig, preset)(num_conv_filters=filters, image_size=sizes[0])
     batches = [tf_reference.calibration_images(s, n=2, seed=s) for s in sizes]
@@ -34,21 +34,22 @@ def test_network_matches_tf_twin(tmp_path, tf, preset, filters, sizes):
     out = str(tmp_path / 'converted.pth')
     convert.convert(prefix, out, check=False, log=lambda *a: None)
     net = model.load_pretrained(out, auxiliary=True)
+    assert ['aux_logits' in ref for ref in refs] == [True, True, False, False, False]
     for size, batch, ref in zip(sizes, batches, refs):
         x = torch.from_numpy(batch.transpose(0, 3, 1, 2).copy())
         with torch.no_grad():
             logits = net(x).numpy()
             feats = net.extract_features(x).numpy()
-        aux = aux_logits(net, x).numpy()
         d_logits = np.abs(logits - ref['logits']).max()
         d_feats = np.abs(feats - ref['global_pool']).max()
-        d_aux = np.abs(aux - ref['aux_logits']).max()
-        print(f'{preset} F={filters} {size}px: logits {d_logits:.2e} features {d_feats:.2e} '
-              f'aux {d_aux:.2e}')
+        print(f'{preset} F={filters} {size}px: logits {d_logits:.2e} features {d_feats:.2e}')
         assert 0.2 < np.abs(ref['logits']).max() < 5  # unit-scale logits
-        assert within_tf_bound(logits, ref['logits']) and within_tf_bound(aux, ref['aux_logits']), size
-        assert within_tf_bound(feats, ref['global_pool']), size
+        assert within_tf_bound(logits, ref['logits']) and within_tf_bound(feats, ref['global_pool']), size
         assert (np.argsort(-logits, 1)[:, :5] == np.argsort(-ref['logits'], 1)[:, :5]).all()
+        if 'aux_logits' in ref:
+            aux = aux_logits(net, x).numpy()
+            print(f'  aux logits {np.abs(aux - ref["aux_logits"]).max():.2e}')
+            assert within_tf_bound(aux, ref['aux_logits']), size
 
 
 @pytest.mark.quick
