@@ -308,8 +308,7 @@ def random_network(config: model_mod.PNASNetConfig, size: int, seed: int = 1) ->
     import tf_weights
     net = model_mod.NetworkImageNet(config)
     state = net.state_dict()
-    to_tf = {'conv': (2, 3, 1, 0), 'dw': (2, 3, 0, 1), 'fc': (1, 0), 'vec': (0,)}
-    shapes = {tf_name: [state[key].shape[i] for i in to_tf[layout]]
+    shapes = {tf_name: tf_weights.tf_shape(state[key].shape, layout)
               for key, tf_name, layout in tf_weights.name_map(net)}
     tf_weights.load_tf_weights(net, tf_reference.random_weights(shapes, seed))
     bns = [m for m in net.modules() if isinstance(m, torch.nn.BatchNorm2d)]

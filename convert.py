@@ -26,6 +26,7 @@ import numpy as np
 import torch
 
 import tf_reference
+import timm_weights
 import utils
 from model import MIN_IMAGE_SIZE, NetworkImageNet, PNASNetConfig, load_pretrained
 from pretrained import OFFICIAL_URLS
@@ -134,13 +135,9 @@ def from_timm(path: str, output: str, force: bool = False, check: bool = True,
     _check_output(output, force)
     state = read_state_dict(path)
     net, report = network_from_timm(state, path, check=check, image_size=image_size, log=log)
-    num_classes = net.num_classes
-    n_params = sum(p.numel() for p in net.parameters())
-    payload = {'config': net.config.to_dict(), 'state_dict': net.state_dict(),
-               'source': {'timm': os.path.basename(path), 'parameters': n_params,
-                          'aux_head': 'aux head: none in timm\'s pnasnet5large, none converted'}}
+    payload = timm_weights.weights_payload(net, report, os.path.basename(path))
     utils.write_atomic(output, lambda f: write_weights(payload, output, f))
-    log(f'wrote {output} ({n_params:,} parameters, {num_classes} classes)')
+    log(f'wrote {output} ({report["parameters"]:,} parameters, {net.num_classes} classes)')
     return report
 
 

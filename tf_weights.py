@@ -27,9 +27,9 @@ import torch.nn as nn
 from model import NetworkImageNet, PNASNetConfig, aux_kernel_size
 from operations import (Conv7x1x1x7, DilConv, FactorizedReduce, Pool, ReLUConvBN, SepConv,
                         SkipConnect)
-# the aux head's BatchNorms, which the official release does not hold (docs/conversion.md): a
-# checkpoint without all of them gets fresh ones
 import utils
+# AUX_BN: the aux head's BatchNorms, which the official release does not hold
+# (docs/conversion.md): a checkpoint without all of them gets fresh ones
 from tf_reference import AUX_BN, TF_REL_TOL, check_images, run_checkpoint, tf_tolerance
 from utils import import_tf
 
@@ -174,14 +174,21 @@ def name_map(net: NetworkImageNet) -> List[Tuple[str, str, str]]:
     return entries
 
 
+# layout -> the axes of the PyTorch tensor that give the TF variable's, in order
+TF_AXES = {'conv': (2, 3, 1, 0),   # [out, in, kh, kw] <- [kh, kw, in, out]
+           'dw': (2, 3, 0, 1),     # [in, 1, kh, kw] <- [kh, kw, in, 1]
+           'fc': (1, 0),           # [out, in] <- [in, out]
+           'vec': (0,)}
+
+
 def tf_to_torch(value: np.ndarray, layout: str) -> np.ndarray:
-    if layout == 'conv':   # [kh, kw, in, out] -> [out, in, kh, kw]
-        return value.transpose(3, 2, 0, 1)
-    if layout == 'dw':     # [kh, kw, in, 1] -> [in, 1, kh, kw]
-        return value.transpose(2, 3, 0, 1)
-    if layout == 'fc':     # [in, out] -> [out, in]
-        return value.T
-    return value
+    """A TF variable's value in the layout of its PyTorch tensor (TF_AXES, inverted)."""
+    return value.transpose(np.argsort(TF_AXES[layout])) if value.ndim > 1 else value
+
+
+def tf_shape(shape, layout: str) -> List[int]:
+    """The TF variable's shape for a PyTorch tensor of ``shape`` (what tf_to_torch inverts)."""
+    return [shape[i] for i in TF_AXES[layout]] if len(shape) > 1 else list(shape)
 
 
 AUX_NOTES = {
@@ -439,12 +446,14 @@ def resolve_checkpoint(path: str, workdir: str) -> str:
 # --- the checked conversion ------------------------------------------------------------------------
 
 def convert_checkpoint(prefix: str, check: bool = True, image_size: Optional[int] = None,
-                       log=print) -> Tuple[NetworkImageNet, dict]:
+                       log=print, tensors: Optional[Dict[str, np.ndarray]] = None
+                       ) -> Tuple[NetworkImageNet, dict]:
     """The network of the checkpoint at ``prefix`` with its weights, after convert.py's checks:
     (1) every tensor used and every weight set (``load_tf_weights``); (2) with ``check``, the
     logits, features (and aux logits where TF has them) within the bound of the TF twin's at
-    ``image_size`` (default: the network's). Returns (network, report); raises ConvertError."""
-    tensors = read_checkpoint(prefix)
+    ``image_size`` (default: the network's). ``tensors``: the checkpoint's, where the caller has
+    read them already. Returns (network, report); raises ConvertError."""
+    tensors = read_checkpoint(prefix) if tensors is None else tensors
     config = infer_config(tensors)
     log(f'checkpoint {prefix}: {len(tensors)} tensors; stem {int(32 * config.stem_multiplier)}, '
         f'filters {config.num_conv_filters}, {config.num_cells} cells, '

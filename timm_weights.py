@@ -148,3 +148,10 @@ def network_from_timm(state: Dict[str, torch.Tensor], source: str, check: bool =
         report['diffs'] = check_timm(net, timm_net, image_size, log)
     report['parameters'] = sum(p.numel() for p in net.parameters())
     return net, report
+
+
+def weights_payload(net: NetworkImageNet, report: dict, source: str) -> dict:
+    """What a weights file made of timm's weights holds: the config, the weights, their source."""
+    return {'config': net.config.to_dict(), 'state_dict': net.state_dict(),
+            'source': {'timm': source, 'parameters': report['parameters'],
+                       'aux_head': 'aux head: none in timm\'s pnasnet5large, none converted'}}
