@@ -8,7 +8,6 @@ arguments are ``PNASNetConfig`` fields. ``PNASNet5_Large_Weights`` / ``PNASNet5_
 (from pretrained.py) describe the official weights as torchvision does. docs/interop.md shows
 them in use.
 """
-import os
 from typing import List, Optional, Sequence
 
 import torch
@@ -16,9 +15,7 @@ import torch.nn as nn
 
 import model
 import pretrained as pretrained_mod
-from pretrained import PNASNet5_Large_Weights, PNASNet5_Mobile_Weights
-
-WEIGHTS = {'large': PNASNet5_Large_Weights, 'mobile': PNASNet5_Mobile_Weights}
+from pretrained import PNASNet5_Large_Weights, PNASNet5_Mobile_Weights  # noqa: F401  (re-exported)
 
 dependencies = ['torch']
 
@@ -85,17 +82,11 @@ class Features(nn.Module):
 
 
 def _weights_file(preset: str, weights, pretrained: bool = False, source: str = 'tf') -> Optional[str]:
-    """The weights file of an entry point's ``weights``: a path as it is; the preset's weights
-    object or its name ('IMAGENET1K_TF', 'DEFAULT'), or ``pretrained=True``, the official weights,
-    fetched, converted and cached on first use (pretrained.cached_weights)."""
-    enum_cls = WEIGHTS[preset]
+    """The weights file of an entry point's ``weights`` (pretrained.weights_file), the preset's
+    DEFAULT weights with ``pretrained=True``."""
     if weights is None and pretrained:
-        weights = enum_cls.DEFAULT
-    if isinstance(weights, pretrained_mod._WeightsEnum) or (
-            isinstance(weights, str) and weights.split('.')[-1] in enum_cls.__members__
-            and not os.path.exists(weights)):
-        return pretrained_mod.cached_weights(enum_cls.verify(weights), source=source)
-    return weights
+        weights = pretrained_mod.WEIGHTS[preset].DEFAULT
+    return pretrained_mod.weights_file(weights, preset, source)
 
 
 def _build(preset: str, weights, num_classes: Optional[int], features_only: bool,

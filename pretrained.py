@@ -23,12 +23,11 @@ import sys
 import tempfile
 import urllib.parse
 from dataclasses import dataclass, field
-from typing import Callable
+from typing import Callable, Optional
 
 import numpy as np
 import torch
 
-import model
 import tf_weights
 import utils
 import weights_io
@@ -129,13 +128,13 @@ class _WeightsEnum(enum.Enum):
         meta['categories'] = categories()
         return meta
 
-    def file(self, preset=None) -> str:
+    def file(self, preset=None, source: str = 'tf', log=None) -> str:
         """The weights file: the cache, fetched and converted on first use (``cached_weights``);
         ``preset`` ('large' or 'mobile') is the network it must be for."""
         if preset is not None and preset != self.value.preset:
             raise ValueError(f'{type(self).__name__}.{self.name} holds PNASNet-5 '
                              f'{self.value.preset.capitalize()}, not {preset.capitalize()}')
-        return cached_weights(self)
+        return cached_weights(self, log or _say, source)
 
 
 class PNASNet5_Large_Weights(_WeightsEnum):
@@ -146,6 +145,9 @@ class PNASNet5_Large_Weights(_WeightsEnum):
 class PNASNet5_Mobile_Weights(_WeightsEnum):
     IMAGENET1K_TF = Weights('mobile', lambda: TFSlimEval(224), _meta(224, 5_066_202, 0.588, 74.2, 91.9))
     DEFAULT = IMAGENET1K_TF
+
+
+WEIGHTS = {'large': PNASNet5_Large_Weights, 'mobile': PNASNet5_Mobile_Weights}
 
 
 # --- fetched, converted and cached on first use -------------------------------------------------------
@@ -160,12 +162,6 @@ def cache_path(weights, source: str = 'tf') -> str:
     name = CACHE_NAMES[weights.value.preset]
     return os.path.join(torch.hub.get_dir(), 'checkpoints',
                         (name if source == 'tf' else name.replace('_tf_', '_timm_')) + '.safetensors')
-
-
-def load_network(weights, log=_say, source: str = 'tf', **overrides) -> model.NetworkImageNet:
-    """The network of ``weights`` (an Enum member, or its name), its weights read from the cache,
-    made there first if need be (``cached_weights``); ``overrides`` as for model.load_pretrained."""
-    return model.load_pretrained(cached_weights(weights, log, source), **overrides)
 
 
 def cached_weights(weights, log=_say, source: str = 'tf') -> str:
@@ -193,13 +189,15 @@ def cached_weights(weights, log=_say, source: str = 'tf') -> str:
     return path
 
 
-def _member(weights):
+def _member(weights, preset: Optional[str] = None):
+    """The weights object ``weights`` names: a member as it is; 'PNASNet5_Mobile_Weights.X' its
+    Enum's; a bare 'IMAGENET1K_TF' or 'DEFAULT' the one of ``preset`` (default Large)."""
     if isinstance(weights, _WeightsEnum):
         return weights
-    for enum_cls in (PNASNet5_Large_Weights, PNASNet5_Mobile_Weights):
+    for enum_cls in WEIGHTS.values():
         if isinstance(weights, str) and weights.split('.')[0] == enum_cls.__name__:
             return enum_cls.verify(weights)
-    return PNASNet5_Large_Weights.verify(weights)
+    return WEIGHTS[preset or 'large'].verify(weights)
 
 
 def _cache_whole(path: str, log) -> bool:
@@ -253,12 +251,13 @@ def _build(weights, path: str, log) -> None:
     try:
         try:
             prefix = tf_weights.resolve_checkpoint(archive, workdir)
-            _check_release_names(prefix, preset, archive)
+            tensors = tf_weights.read_checkpoint(prefix)
+            _check_release_names(tensors, preset, archive)
         except ConvertError:
             os.remove(archive)  # a broken or foreign download is not kept: the next try fetches again
             raise
         log(f'converting {archive} (both of convert.py\'s checks, against TensorFlow)')
-        net, report = tf_weights.convert_checkpoint(prefix, log=lambda *a: None)
+        net, report = tf_weights.convert_checkpoint(prefix, log=lambda *a: None, tensors=tensors)
         payload = tf_weights.weights_payload(net, report, prefix)
         payload['source'].update({'url': url, 'archive_sha256': digest})
         utils.write_atomic(path, lambda f: weights_io.write_weights(payload, path, f))
@@ -289,9 +288,7 @@ def _build_from_timm(weights, path: str, log) -> None:
     log('converting timm\'s pnasnet5large.tf_in1k (checked against timm\'s model); it has no aux '
         'head and 1000 classes, no background logit')
     net, report = timm_weights.network_from_timm(state, 'timm pnasnet5large.tf_in1k', log=lambda *a: None)
-    payload = {'config': net.config.to_dict(), 'state_dict': net.state_dict(),
-               'source': {'timm': 'pnasnet5large.tf_in1k', 'parameters': report['parameters'],
-                          'aux_head': 'aux head: none in timm\'s pnasnet5large, none converted'}}
+    payload = timm_weights.weights_payload(net, report, 'pnasnet5large.tf_in1k')
     utils.write_atomic(path, lambda f: weights_io.write_weights(payload, path, f))
     log(f'cached {path}')
 
@@ -304,14 +301,14 @@ def _sha256(path: str) -> str:
     return h.hexdigest()
 
 
-def _check_release_names(prefix: str, preset: str, archive: str) -> None:
+def _check_release_names(tensors: dict, preset: str, archive: str) -> None:
     """The checkpoint's variables are the release's (data/*.vars.tsv), by name; the aux head's
     BatchNorms (which the published files lack) and training's bookkeeping may be there or not."""
     def kept(names):
         return {n for n in names if not (tf_weights.AUX_BN.match(n) or tf_weights.BOOKKEEPING.search(n))}
     with open(os.path.join(utils.DATA_DIR, RELEASE_VARIABLES[preset])) as f:
         release = kept(line.split('\t', 1)[0] for line in f if line.strip())
-    names = kept(tf_weights.read_checkpoint(prefix))
+    names = kept(tensors)
     missing, extra = sorted(release - names), sorted(names - release)
     if missing or extra:
         first = f'lacks {missing[0]}' if missing else f'has {extra[0]}, which the release has not'
@@ -320,13 +317,17 @@ def _check_release_names(prefix: str, preset: str, archive: str) -> None:
                            f'{URL_VARIABLES[preset]} at the release or a copy of it')
 
 
-def weights_file(value: str, log=_say) -> str:
-    """What ``--weights`` names, as a file: a path as it is; a weights name, the cached official
-    weights (``IMAGENET1K_TF`` is Large's, ``PNASNet5_Mobile_Weights.IMAGENET1K_TF`` Mobile's)."""
-    if os.path.exists(value):
+def weights_file(value, preset: Optional[str] = None, source: str = 'tf', log=_say):
+    """What ``--weights`` or an entry point's ``weights`` names, as a file: None or a path as it
+    is; a weights object or its name, the cached official weights (a bare ``IMAGENET1K_TF`` is
+    ``preset``'s, Large's without one; ``PNASNet5_Mobile_Weights.IMAGENET1K_TF`` Mobile's), which
+    must be for ``preset``'s network where it is given."""
+    if value is None or (isinstance(value, str) and os.path.exists(value)):
         return value
     try:
-        member = _member(value)
+        member = _member(value, preset)
     except ValueError:
-        return value  # not a name: the path's own error follows where it is read
-    return cached_weights(member, log)
+        if isinstance(value, str):
+            return value  # not a name: the path's own error follows where it is read
+        raise
+    return member.file(preset, source, log)

@@ -77,6 +77,11 @@ def test_meta_holds_the_published_facts_and_the_networks_own_numbers():
     assert large.verify('PNASNet5_Large_Weights.IMAGENET1K_TF') is large.IMAGENET1K_TF
     with pytest.raises(ValueError, match='IMAGENET1K_TF'):
         large.verify('IMAGENET1K_V2')
+    # another preset's weights are refused before anything is fetched, by name or by member
+    with pytest.raises(ValueError, match='holds PNASNet-5 Large, not Mobile'):
+        hubconf.pnasnet5mobile(weights='PNASNet5_Large_Weights.IMAGENET1K_TF')
+    with pytest.raises(ValueError, match='holds PNASNet-5 Mobile, not Large'):
+        hubconf.pnasnet5large(weights=mobile.DEFAULT)
 
 
 def test_url_is_the_release_unless_a_mirror_is_named(monkeypatch):
