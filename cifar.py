@@ -117,6 +117,14 @@ def load(root: str, want_download: bool = False):
             np.concatenate([p[1] for p in parts]), x_test, y_test)
 
 
+def holdout(n: int, size: int) -> Tuple[np.ndarray, np.ndarray]:
+    """(kept, held-out) indices of ``n`` training images, ``size`` of them held out. The split is
+    a fixed permutation (seed 0, whatever the run's --seed), so every run of a search is
+    validated on the same images, none of which it trained on."""
+    order = np.random.RandomState(0).permutation(n)
+    return np.sort(order[size:]), np.sort(order[:size])
+
+
 class CifarDataset(torch.utils.data.Dataset):
     """(image, label, index) as train.py's datasets give them; ``train`` adds DARTS's
     augmentation: pad 4 and a random 32x32 crop, a horizontal flip, then the normalisation and

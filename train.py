@@ -78,7 +78,7 @@ CIFAR_RECIPE = {
     'drop_path': (0.4, 'TF-Slim cifar_config drop_path_keep_prob 0.6, with its schedule'),
 }
 # Options a resumed run keeps from its last.pth: giving another value is refused.
-KEPT_ON_RESUME = ['dataset', 'batch_size', 'optimizer', 'lr', 'momentum', 'rmsprop_decay', 'rmsprop_eps',
+KEPT_ON_RESUME = ['dataset', 'valid_size', 'batch_size', 'optimizer', 'lr', 'momentum', 'rmsprop_decay', 'rmsprop_eps',
                   'schedule', 'decay_rate', 'decay_epochs', 'warmup_epochs', 'weight_decay',
                   'label_smoothing', 'aux_weight', 'drop_path', 'drop_path_fixed', 'clip_grad',
                   'ema', 'bn_momentum', 'image_size', 'seed', 'weights', 'genotype', 'preset',
@@ -107,6 +107,10 @@ def parse_args(argv=None):
                          'test batch, with the CIFAR protocol of DARTS and TF-Slim as defaults: '
                          + '; '.join(f'{k.replace("_", " ")} {v} ({src})' for k, (v, src) in
                                      CIFAR_RECIPE.items()))
+    ap.add_argument('--valid-size', type=utils.int_at_least(1), metavar='N',
+                    help='with --dataset cifar10: validate on N images held out of the training '
+                         'batches (the same N for every run; PNAS held out 5,000), not on the '
+                         'test batch, and train on the rest')
     ap.add_argument('--download', action='store_true',
                     help='with --dataset cifar10: download CIFAR-10 into --data when it is not there')
     ap.add_argument('--output', help='run folder (default with --resume: the folder of its file)')
@@ -863,6 +867,9 @@ def prepare(run: Run) -> Optional[dict]:
         args.output = args.output or os.path.dirname(os.path.abspath(args.resume))
     fill_defaults(args)
     check_output(args)
+    if args.valid_size and args.dataset != 'cifar10':
+        raise UserError('--valid-size holds images out of CIFAR-10\'s training batches; it needs '
+                        '--dataset cifar10 (a folder tree has its own val/)')
     if args.sync_bn and device.type != 'cuda':
         raise UserError('--sync-bn synchronises BatchNorm across GPUs; it needs --device cuda and torchrun')
     args.precision = runtime.resolve_precision(
@@ -916,6 +923,19 @@ def build(run: Run, state: Optional[dict]) -> None:
     run.ema = EMA(run.net, args.ema) if args.ema else None
 
 
+def cifar_sets(args, data: tuple):
+    """CIFAR-10's training set and what it is validated on: the test batch, or with --valid-size
+    N images held out of the training batches."""
+    if not args.valid_size:
+        return cifar.CifarDataset(data[1], data[2], train=True), cifar.CifarDataset(data[3], data[4], train=False)
+    if args.valid_size > len(data[2]) - 2:
+        raise UserError(f'--valid-size {args.valid_size}: --data {args.data} has {len(data[2])} training '
+                        f'images; hold out fewer')
+    kept, held = cifar.holdout(len(data[2]), args.valid_size)
+    return (cifar.CifarDataset(data[1][kept], data[2][kept], train=True),
+            cifar.CifarDataset(data[1][held], data[2][held], train=False))
+
+
 def make_loaders(run: Run, data: tuple) -> None:
     """The datasets, this process's sampler and share of val, the batch size and the schedule
     that the number of steps decides."""
@@ -924,8 +944,7 @@ def make_loaders(run: Run, data: tuple) -> None:
         if size != 32:
             raise UserError(f'--dataset cifar10: the images are 32 px, but the network is built for '
                             f'{size} px; leave --image-size out, or give 32')
-        run.train_set = cifar.CifarDataset(data[1], data[2], train=True)
-        run.val_set = cifar.CifarDataset(data[3], data[4], train=False)
+        run.train_set, run.val_set = cifar_sets(args, data)
     else:
         run.train_set = TrainDataset(data[1], size)
         run.val_set = utils.EvalDataset(data[2], size, 'numpy', skip_bad=True)
