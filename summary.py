@@ -18,6 +18,7 @@ import torch
 import genotypes as genotypes_mod
 from model import MIN_IMAGE_SIZE, NetworkImageNet, PNASNetConfig, aux_kernel_size, build_network
 from tf_weights import cell_scopes  # the cells' names: TF-Slim's scopes
+from utils import count_costs
 
 
 def summarize(config: PNASNetConfig, image_size: Optional[int] = None, time_forward: bool = True) -> dict:
@@ -25,7 +26,6 @@ def summarize(config: PNASNetConfig, image_size: Optional[int] = None, time_forw
     and without the aux head, multiply-adds per image (counted by FlopCounterMode on the meta
     device: convolutions and the classifier, half their FLOPs), each cell's output shape, and
     with ``time_forward`` the plain eval forward's seconds per image on this machine's CPU."""
-    from torch.utils.flop_counter import FlopCounterMode
     size = image_size or config.image_size
     aux_fits = config.aux_cell_index is not None and aux_kernel_size(config, size) >= 1
     config = dataclasses.replace(config, image_size=size, auxiliary=aux_fits)
@@ -39,16 +39,14 @@ def summarize(config: PNASNetConfig, image_size: Optional[int] = None, time_forw
     for name, cell in zip(names, net.cells):
         hooks.append(cell.register_forward_hook(
             lambda m, i, o, name=name: shapes.__setitem__(name, list(o.shape))))
-    counter = FlopCounterMode(display=False)
-    with torch.no_grad(), counter:
-        net(torch.empty(1, 3, size, size, device='meta'))
+    _, multiply_adds = count_costs(net, size)
     for h in hooks:
         h.remove()
     genotype = config.genotype if isinstance(config.genotype, str) else 'custom'
     out = {'genotype': genotype, 'image_size': size, 'stem_multiplier': config.stem_multiplier,
            'num_conv_filters': config.num_conv_filters, 'num_cells': config.num_cells,
            'parameters': params - aux, 'parameters_with_aux': params if aux_fits else None,
-           'multiply_adds': counter.get_total_flops() // 2, 'cell_outputs': shapes,
+           'multiply_adds': multiply_adds, 'cell_outputs': shapes,
            'forward_seconds': None}
     if time_forward:
         real = NetworkImageNet(dataclasses.replace(config, auxiliary=False)).eval()

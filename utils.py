@@ -329,6 +329,17 @@ def tune_cpu_allocator() -> None:
 
 # --- command lines ---------------------------------------------------------------------------------
 
+def count_costs(net: torch.nn.Module, image_size: int) -> Tuple[int, int]:
+    """(parameters, multiply-adds per image) of ``net``, which may live on the meta device:
+    FlopCounterMode's count of one forward (convolutions and the classifier), half its FLOPs."""
+    from torch.utils.flop_counter import FlopCounterMode
+    device = next(net.parameters()).device
+    counter = FlopCounterMode(display=False)
+    with torch.no_grad(), counter:
+        net(torch.empty(1, 3, image_size, image_size, device=device))
+    return sum(p.numel() for p in net.parameters()), counter.get_total_flops() // 2
+
+
 def int_at_least(low: int) -> Callable[[str], int]:
     """An argparse ``type``: a whole number no smaller than ``low``, refused with the reason."""
     def parse(text: str) -> int:
