@@ -246,18 +246,85 @@ def print_result(result: dict, metric: str, scale: float) -> None:
     print(f'best in table: {scale * result["best_in_table"]:.2f}{unit}')
 
 
+def add_space_args(ap: argparse.ArgumentParser) -> None:
+    g = ap.add_argument_group('a search with real trainings (--space pnas): an Optuna study')
+    g.add_argument('--space', choices=['pnas'],
+                   help="pnas: PNAS's cell space, each trial a train.py --dataset cifar10 run of one "
+                        'cell (the arguments after -- go to train.py), scored on images held out of '
+                        'the training batches')
+    g.add_argument('--method', choices=['predictor', 'pnas', 'evolution', 'random'], default='predictor',
+                   help="the sampler: the predictor-guided loop (default), PNAS's progressive search, "
+                        'regularized evolution or random search')
+    g.add_argument('--storage', help='the study\'s store, an SQLAlchemy URL (default: '
+                                     'sqlite:///RUNS/search.db); the same PostgreSQL or MySQL URL on '
+                                     'several machines makes one search of their workers')
+    g.add_argument('--study', default='search', help='the study\'s name (default: search)')
+    g.add_argument('--runs', default='search_runs', help='trial folders go here (default: search_runs)')
+    g.add_argument('--export', metavar='FILE', help='write the complete trials as {"genotype", '
+                                                    '"accuracy"} rows, what --table reads')
+    g.add_argument('--blocks', type=int, default=5, help='blocks of a cell (default 5, PNASNet-5)')
+    g.add_argument('--beam', type=int, help='--method pnas: cells trained per size (default: '
+                                            'the budget over the blocks, at least 2)')
+    g.add_argument('--valid-size', type=int, help='images held out of the training batches to score a '
+                                                  'trial on (default: 5,000 as PNAS, or a tenth of '
+                                                  'smaller data)')
+    g.add_argument('--seed', type=int, default=0, help="the sampler's seed (default 0)")
+    g.add_argument('--heartbeat', type=int, default=60,
+                   help='seconds between a running trial\'s heartbeats; a trial silent for three is '
+                        'failed and retried once (default 60)')
+
+
+def space_search(args, train_args: List[str]) -> int:
+    """--space pnas: the study's trials trained until it holds --budget complete ones."""
+    import cifar
+    from neural_predictor import study as study_mod
+    if not args.data:
+        return fail(SCRIPT, '--space pnas needs --data DIR, the folder that holds cifar-10-batches-py/')
+    if min(args.budget, args.workers, args.blocks, args.heartbeat) < 1:
+        return fail(SCRIPT, '--budget, --workers, --blocks and --heartbeat must be at least 1')
+    try:
+        n_train = len(cifar.load(args.data)[2])
+    except cifar.CifarError as e:
+        return fail(SCRIPT, str(e))
+    os.makedirs(args.runs, exist_ok=True)
+    url = args.storage or f'sqlite:///{os.path.abspath(os.path.join(args.runs, "search.db"))}'
+    settings = study_mod.Settings(
+        data=os.path.abspath(args.data), runs=os.path.abspath(args.runs), budget=args.budget,
+        method=args.method, blocks=args.blocks, beam=args.beam, workers=args.workers,
+        valid_size=args.valid_size or min(5000, n_train // 10), seed=args.seed,
+        heartbeat=args.heartbeat, train_args=list(train_args))
+    try:
+        study = study_mod.open_study(url, args.study, settings)
+        done = len(study_mod.complete_trials(study))
+        print(f'study {args.study} in {url}: {done} of {args.budget} trials complete '
+              f'(optuna-dashboard {url} shows it)', flush=True)
+        study_mod.Search(study, settings, say=lambda line: print(line, flush=True)).run()
+    except study_mod.SearchError as e:
+        return fail(SCRIPT, str(e))
+    rows = study_mod.export_rows(study)
+    if args.export:
+        write_json(rows, args.export)
+        print(f'{len(rows)} trials written to {args.export}')
+    entry = study_mod.best_entry(study, args.blocks)
+    if entry:
+        print('the best cell, as a genotypes.py entry:\n' + entry)
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog='More: docs/neural-predictor.md')
     ap.add_argument('--seeds', type=int, default=20, help='runs of each method (default 20)')
     ap.add_argument('--budget', type=int, default=300, help='look-ups of each run (default 300)')
-    ap.add_argument('--json', required=True, help='write the curves here')
+    ap.add_argument('--json', help='write the curves here (a table search needs it)')
     ap.add_argument('--plot', help='a PNG of the curves')
     ap.add_argument('--methods', nargs='+', choices=ALL_METHODS, default=list(METHODS),
                     help=f'default: {" ".join(METHODS)}')
     ap.add_argument('--workers', type=int, default=min(2, os.cpu_count() or 1),
-                    help='processes, one run each (default: 2)')
-    ap.add_argument('--data', help='NAS-Bench-101 in the HDF5 layout, instead of NAS-Bench-201')
+                    help='processes, one run each (default: 2); with --space pnas, trainings at once, '
+                         'one GPU each where there are GPUs')
+    ap.add_argument('--data', help='NAS-Bench-101 in the HDF5 layout, instead of NAS-Bench-201; with '
+                                   '--space pnas, the folder that holds cifar-10-batches-py/')
     ap.add_argument('--splits', help='with --data: the .npz of tools/split_train_val.py')
     ap.add_argument('--table', help='instead: a table of any space as JSON lines (one architecture a line: '
                                     'nodes, edges, metrics), or a JSON list of {"genotype", "accuracy"} rows '
@@ -271,7 +338,16 @@ def main(argv=None) -> int:
     ap.add_argument('--rankers', type=int, nargs='+', metavar='N',
                     help='instead of the search: how well each predictor ranks (Kendall tau on all '
                          'other cells and on the top 10 %%), trained on N random cells, --seeds splits')
-    args = ap.parse_args(argv)
+    add_space_args(ap)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    train_args = argv[argv.index('--') + 1:] if '--' in argv else []
+    args = ap.parse_args(argv[:argv.index('--')] if '--' in argv else argv)
+    if args.space == 'pnas':
+        return space_search(args, train_args)
+    if train_args:
+        return fail(SCRIPT, 'arguments after -- go to train.py, in a search with --space pnas')
+    if not args.json:
+        return fail(SCRIPT, '--json FILE is needed: where the curves go')
     if args.seeds < 1 or args.budget < 1 or args.workers < 1:
         return fail(SCRIPT, '--seeds, --budget and --workers must be at least 1')
     try:

@@ -13,9 +13,9 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 # never above; scripts (the top) import no other script. docs/layout.md says what goes where.
 LAYERS = {
     0: ['genotypes', 'operations', 'utils', 'runtime', 'weights_io', 'cifar',
-        'neural_predictor.common'],
+        'neural_predictor.common', 'neural_predictor.pnas_space'],
     1: ['model', 'engine', 'neural_predictor.dataset', 'neural_predictor.model',
-        'neural_predictor.strategies'],
+        'neural_predictor.strategies', 'neural_predictor.samplers', 'neural_predictor.study'],
     2: ['tf_reference', 'tf_weights', 'timm_weights', 'pretrained', 'hubconf'],
 }
 SCRIPTS = ['convert', 'main', 'train', 'export', 'visualize', 'benchmark', 'summary',

@@ -1,0 +1,273 @@
+"""search.py --space pnas: PNAS's cell space, the Optuna samplers on an objective with a known
+optimum, the study runner (budget, failed trainings, studies that must not mix) and the command
+itself with real train.py trainings on generated CIFAR-10 files: two processes on one SQLite
+store, a SIGKILL in the middle, the dead worker's trials failed by the heartbeat and retried."""
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import optuna
+import pytest
+import torch
+
+import genotypes
+import model
+from neural_predictor import pnas_space, samplers, study as study_mod
+from test_cifar import write_cifar10
+
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+
+
+# --- the space ----------------------------------------------------------------------------------------
+
+@pytest.mark.quick
+def test_the_space_is_pnas_cells_in_genotypes_format():
+    cell = pnas_space.from_genotype(genotypes.PNASNet)
+    assert len(cell) == 5 and pnas_space.genotype(cell).normal_concat == [2, 3, 4, 5, 6]
+    # a block's two branches in either order are one cell
+    swapped = tuple((b[1], b[0]) for b in cell)
+    assert pnas_space.canonical(swapped) == cell
+    # 16 branches for a first block (2 inputs x 8 ops), unordered pairs with repeats: 136
+    assert len(pnas_space.one_block_cells()) == 16 * 17 // 2 == len(set(pnas_space.one_block_cells()))
+    assert set(pnas_space.OPS) <= set(genotypes.PRIMITIVES) and len(pnas_space.OPS) == 8
+    # a neighbour differs in exactly one branch (an input or an op); PNASNet's has no repeats
+    for other in pnas_space.neighbours(cell):
+        changed = [(a, b) for a, b in zip(cell, other) if a != b]
+        assert len(changed) == 1
+        (x1, x2), (y1, y2) = changed[0]
+        assert len({x1, x2} ^ {y1, y2}) in (1, 2) and sum(a != b for a, b in zip((x1, x2), (y1, y2))) <= 2
+    # the entry pastes into genotypes.py: it builds the same genotype, and the network runs
+    namespace = {'Genotype': genotypes.Genotype}
+    exec(pnas_space.genotype_entry(cell, 'Mine'), namespace)
+    assert genotypes.get(namespace['Mine']) == pnas_space.genotype(cell)
+    net = model.build_network(model.PNASNetConfig.cifar(
+        genotype=genotypes.to_dict(pnas_space.genotype(cell[:2])), num_conv_filters=4, num_cells=3))
+    assert net.eval()(torch.randn(2, 3, 32, 32)).shape == (2, 10)
+    with pytest.raises(ValueError, match='outside PNAS'):
+        pnas_space.check((((2, 'sep_conv_3x3'), (0, 'skip_connect')),))
+
+
+# --- the samplers on a synthetic objective ---------------------------------------------------------------
+
+BLOCKS = 5
+_W = np.random.RandomState(7)
+# an op's worth is mostly its own (as separable convolutions beat pooling in every block), a little
+# its block's; each block prefers its own inputs
+W_OP = _W.randn(1, len(pnas_space.OPS)) + 0.3 * _W.randn(BLOCKS, len(pnas_space.OPS))
+W_IN = _W.randn(BLOCKS, BLOCKS + 1)
+
+
+def synthetic(cell) -> float:
+    """Each branch's op and input score; the optimum: every branch takes its block's best."""
+    return float(sum(W_OP[b][pnas_space.OPS.index(op)] + W_IN[b][i]
+                     for b, block in enumerate(cell) for i, op in block))
+
+
+def pnas_objective(grow: bool):
+    space = samplers.pnas_distributions(BLOCKS, grow)
+
+    def objective(trial):
+        params = {'blocks': trial.suggest_categorical('blocks', space['blocks'].choices)}
+        for b in range(params['blocks']):
+            for name in pnas_space.param_names(b):
+                params[name] = trial.suggest_categorical(name, space[name].choices)
+        trial.set_user_attr('cell', pnas_space.from_params(params))
+        return synthetic(pnas_space.from_params(params))
+    return objective
+
+
+def best_found(method: str, seed: int, trials: int) -> float:
+    study = optuna.create_study(direction='maximize',
+                                sampler=samplers.pnas_sampler(method, BLOCKS, seed, beam=trials // BLOCKS))
+    study.optimize(pnas_objective(method == 'pnas'), n_trials=trials)
+    cells = [t.user_attrs['cell'] for t in study.trials]
+    assert len(set(cells)) == len(cells), f'{method} proposed a cell twice'
+    if method == 'pnas':  # grown a block at a time, the beam of each size trained before the next
+        sizes = [len(c) for c in cells]
+        assert sizes == sorted(sizes) and set(sizes) == set(range(1, BLOCKS + 1))
+    else:
+        assert {len(c) for c in cells} == {BLOCKS}
+    return study.best_value
+
+
+def test_every_sampler_finds_better_cells_than_random_search():
+    optimum = float(sum(2 * W_OP[b].max() + 2 * W_IN[b][:b + 2].max() for b in range(BLOCKS)))
+    # evolution is cheap but needs its population (10) first; the ensembles cost a fit a trial
+    random30, evolution30 = ([best_found(m, s, 30) for s in range(4)] for m in ('random', 'evolution'))
+    assert np.mean(evolution30) > np.mean(random30), (evolution30, random30)
+    random20 = [best_found('random', s, 20) for s in range(2)]
+    for method in ('predictor', 'pnas'):
+        found = [best_found(method, s, 20) for s in range(2)]
+        assert np.mean(found) > np.mean(random20), (method, found, random20)
+        assert max(found) < optimum
+
+
+def test_the_predictor_sampler_serves_any_categorical_study():
+    """Anyone's Optuna study over categorical parameters: no search space given, no repeats."""
+    def objective(trial):
+        x = [trial.suggest_categorical(f'x{i}', ['a', 'b', 'c', 'd']) for i in range(4)]
+        return sum({'a': 0, 'b': 1, 'c': 3, 'd': 2}[v] for v in x)
+    sampler = samplers.PredictorSampler(seed=0, initial=5)
+    study = optuna.create_study(direction='maximize', sampler=sampler)
+    study.optimize(objective, n_trials=12)
+    keys = [tuple(sorted(t.params.items())) for t in study.trials]
+    assert len(set(keys)) == len(keys)
+    assert study.best_value >= 10  # the optimum is 12
+    down = optuna.create_study(direction='minimize', sampler=samplers.PredictorSampler(seed=0, initial=5))
+    down.optimize(objective, n_trials=12)
+    assert down.best_value <= 2
+
+
+# --- the runner, with a stand-in training ---------------------------------------------------------------
+
+def settings(tmp_path, **kw):
+    values = dict(data=str(tmp_path), runs=str(tmp_path / 'runs'), budget=5, method='random',
+                  blocks=2, workers=2, valid_size=10, heartbeat=60, train_args=['--epochs', '1'])
+    values.update(kw)
+    return study_mod.Settings(**values)
+
+
+def fake_training(failing=()):
+    trained = []
+
+    def train(settings, cell, folder, gpu):
+        trained.append(cell)
+        if cell in failing or len(trained) in failing:
+            raise study_mod.TrainingFailed('RuntimeError: CUDA out of memory (a stand-in)')
+        return {'accuracy': synthetic(cell) / 100.0, 'seconds': 0.0}
+    return train, trained
+
+
+@pytest.mark.quick
+@pytest.mark.parametrize('method', study_mod.METHODS)
+def test_each_method_runs_a_study_to_its_budget(tmp_path, method):
+    s = settings(tmp_path, method=method, budget=6)
+    study = study_mod.open_study(f'sqlite:///{tmp_path}/s.db', 's', s)
+    train, trained = fake_training()
+    lines = []
+    study_mod.Search(study, s, train=train, say=lines.append, poll=0.05).run()
+    done = study_mod.complete_trials(study)
+    assert len(done) == 6 == len(trained) == len(set(trained))
+    assert len(lines) == 6 and lines[-1].endswith('0 of 6 trials left')
+    for t in done:
+        g = genotypes.get(t.user_attrs['genotype'])
+        assert pnas_space.from_genotype(g) in trained
+        assert t.user_attrs['costs']['parameters'] > 0 and t.user_attrs['costs']['multiply_adds'] > 0
+    rows = study_mod.export_rows(study)
+    assert [r['accuracy'] for r in rows] == [t.value for t in done]
+    assert 'Genotype(normal=' in study_mod.best_entry(study, 2)
+
+
+def test_a_failed_training_is_recorded_and_the_search_goes_on(tmp_path):
+    s = settings(tmp_path, budget=4, workers=1)
+    study = study_mod.open_study(f'sqlite:///{tmp_path}/s.db', 's', s)
+    train, trained = fake_training(failing={2})
+    study_mod.Search(study, s, train=train, say=lambda line: None, poll=0.05).run()
+    failed = [t for t in study.get_trials() if t.state == optuna.trial.TrialState.FAIL]
+    assert len(study_mod.complete_trials(study)) == 4 and len(trained) == 5
+    assert len(failed) == 1 and 'out of memory' in failed[0].user_attrs['error']
+    # a cell whose training failed is not proposed again
+    assert pnas_space.from_genotype(genotypes.get(failed[0].user_attrs['genotype'])) not in trained[2:]
+    # trainings that all fail end the search in one line, not a loop
+    s2 = settings(tmp_path, budget=4, workers=1)
+    study2 = study_mod.open_study(f'sqlite:///{tmp_path}/s.db', 's2', s2)
+    train, _ = fake_training(failing=set(range(1, 100)))
+    with pytest.raises(study_mod.SearchError, match='3 trainings failed in a row; the last: RuntimeError'):
+        study_mod.Search(study2, s2, train=train, say=lambda line: None, poll=0.05).run()
+    # the first study is untouched by the second: two studies never mix
+    assert len(study_mod.complete_trials(optuna.load_study(study_name='s', storage=f'sqlite:///{tmp_path}/s.db'))) == 4
+
+
+@pytest.mark.quick
+def test_a_study_made_by_another_search_is_refused(tmp_path):
+    url = f'sqlite:///{tmp_path}/s.db'
+    study_mod.open_study(url, 's', settings(tmp_path))
+    study_mod.open_study(url, 's', settings(tmp_path, budget=9, workers=1))  # more budget, fewer workers: fine
+    with pytest.raises(study_mod.SearchError, match="--study s: it was made with method 'random', not 'pnas'"):
+        study_mod.open_study(url, 's', settings(tmp_path, method='pnas'))
+    with pytest.raises(study_mod.SearchError, match='train_args'):
+        study_mod.open_study(url, 's', settings(tmp_path, train_args=['--epochs', '2']))
+
+
+# --- the command, with real trainings ------------------------------------------------------------------
+
+def command(data, tmp_path, *extra):
+    return [sys.executable, os.path.join(ROOT, 'neural_predictor', 'search.py'), '--space', 'pnas',
+            '--data', data, '--storage', f'sqlite:///{tmp_path}/S.db', '--study', 's1',
+            '--method', 'predictor', '--budget', '6', '--workers', '2', '--runs', str(tmp_path / 'runs'),
+            *extra, '--', '--epochs', '1', '--filters', '4', '--cells', '3', '--batch-size', '16']
+
+
+def children(pid: int):
+    out = []
+    for entry in os.listdir('/proc'):
+        try:
+            with open(f'/proc/{entry}/stat') as f:
+                if entry.isdigit() and int(f.read().rsplit(')', 1)[1].split()[1]) == pid:
+                    out.append(int(entry))
+        except (OSError, IndexError, ValueError):
+            pass
+    return out
+
+
+def wait_for(condition, timeout=120.0):
+    end = time.time() + timeout
+    while time.time() < end:
+        if condition():
+            return True
+        time.sleep(0.2)
+    raise AssertionError('timed out')
+
+
+def states(url):
+    try:
+        return [t.state for t in optuna.load_study(study_name='s1', storage=url).trials]
+    except Exception:  # the study is not there yet
+        return []
+
+
+def test_killed_command_and_two_processes_on_one_store_end_with_the_budget(tmp_path):
+    """SIGKILL the command mid-trial; run it again twice at once on the same SQLite store: the
+    budget's 6 trials complete, each cell once, the killed trainings are failed by the heartbeat
+    and retried once, no finished one is trained again, and the export holds the 6 rows."""
+    data = write_cifar10(tmp_path / 'c10', n_train=100, n_test=10)
+    url = f'sqlite:///{tmp_path}/S.db'
+    first = subprocess.Popen(command(data, tmp_path, '--heartbeat', '1'), stdout=subprocess.PIPE,
+                             stderr=subprocess.PIPE, cwd=ROOT)
+    wait_for(lambda: states(url).count(optuna.trial.TrialState.COMPLETE) >= 1
+             and optuna.trial.TrialState.RUNNING in states(url))
+    trainings = children(first.pid)
+    assert trainings, 'no training process'
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    wait_for(lambda: not any(os.path.exists(f'/proc/{p}') for p in trainings), 10)  # they died with it
+    reruns = [subprocess.Popen(command(data, tmp_path, '--heartbeat', '1', '--export', str(tmp_path / f'runs{k}.json')),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, cwd=ROOT, text=True) for k in range(2)]
+    outs = [p.communicate(timeout=300) for p in reruns]
+    assert [p.returncode for p in reruns] == [0, 0], outs
+    study = optuna.load_study(study_name='s1', storage=url)
+    done = study_mod.complete_trials(study)
+    cells = [pnas_space.from_genotype(genotypes.get(t.user_attrs['genotype'])) for t in done]
+    assert len(done) == 6 and len(set(cells)) == 6
+    failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
+    assert failed and all('error' not in t.user_attrs for t in failed)  # the heartbeat's, not a training's
+    for t in failed:
+        retries = [r for r in study.trials if r.system_attrs.get('failed_trial') == t.number]
+        assert len(retries) == 1 and retries[0].state == optuna.trial.TrialState.COMPLETE
+        assert retries[0].params == t.params
+    trained = [t for t in study.trials if os.path.exists(os.path.join(t.user_attrs.get('folder', '/-'), 'train.log'))]
+    assert len(trained) == len(done) + len(failed)  # nothing else trained, nothing trained twice
+    for k in range(2):
+        rows = json.load(open(tmp_path / f'runs{k}.json'))
+        assert sorted(r['trial'] for r in rows) == sorted(t.number for t in done)
+        assert all(genotypes.get(r['genotype']) and 0.0 <= r['accuracy'] <= 1.0 for r in rows)
+    for t in done:  # validated on the held-out tenth of the 100 training images, not the test batch
+        assert '90 training and 10 val images' in open(os.path.join(t.user_attrs['folder'], 'train.log')).read()
+        g = genotypes.load(os.path.join(t.user_attrs['folder'], 'genotype.json'))
+        assert genotypes.to_dict(g) == t.user_attrs['genotype']
+    assert any('Genotype(normal=' in out for out, _ in outs)
