@@ -66,8 +66,13 @@ class ArchitectureSampler(optuna.samplers.BaseSampler):
         trials = [t for t in study.get_trials(deepcopy=False) if t.number != trial.number]
         sign = 1.0 if study.direction == optuna.study.StudyDirection.MAXIMIZE else -1.0
         done = [(t.params, sign * t.value) for t in trials if t.state == TrialState.COMPLETE]
-        seen = {self.key(t.params) for t in trials
-                if t.state in PENDING + (TrialState.COMPLETE, TrialState.FAIL) and t.params}
+        seen = set()
+        for t in trials:
+            if t.state in PENDING + (TrialState.COMPLETE, TrialState.FAIL) and t.params:
+                try:
+                    seen.add(self.key(t.params))
+                except (KeyError, ValueError):  # a trial still being given its parameters elsewhere
+                    pass
         return self.propose(search_space, done, seen)
 
     def sample_independent(self, study, trial, param_name, param_distribution):

@@ -12,6 +12,7 @@ adds its workers to the study.
 """
 import argparse
 import ctypes
+import datetime
 import json
 import os
 import signal
@@ -83,7 +84,9 @@ def open_study(url: str, name: str, settings: Settings) -> optuna.Study:
         raise SearchError(f'--storage {url}: cannot open it ({type(e).__name__}: '
                           f'{str(e).splitlines()[0]})') from None
     beam = settings.beam or max(2, -(-settings.budget // settings.blocks))
-    sampler = samplers.pnas_sampler(settings.method, settings.blocks, settings.seed, beam)
+    # each process draws its own random cells: two machines with one seed would draw the same
+    sampler = samplers.pnas_sampler(settings.method, settings.blocks,
+                                    (settings.seed * 1000003 + os.getpid()) % 2 ** 31, beam)
     study = optuna.create_study(storage=storage, study_name=name, sampler=sampler,
                                 direction='maximize', load_if_exists=True)
     held = study.user_attrs.get('search')
@@ -174,6 +177,27 @@ def costs(cell: pnas_space.Cell, train_args: List[str]) -> dict:
     return {'parameters': params, 'multiply_adds': mult_adds}
 
 
+def same_cell(params: dict, cell) -> bool:
+    try:
+        return pnas_space.from_params(params) == cell
+    except (KeyError, ValueError):  # a trial still being given its parameters by another process
+        return False
+
+
+def fail_unborn(study: optuna.Study, seconds: float) -> None:
+    """Fails the trials whose worker died between asking for the trial and its first heartbeat
+    (Optuna's heartbeat never finds those): running for ``seconds`` without a cell. A live
+    worker gives its trial a cell within moments of asking."""
+    now = datetime.datetime.now()
+    for t in study.get_trials(deepcopy=False, states=(TrialState.RUNNING,)):
+        if 'genotype' not in t.user_attrs and t.datetime_start is not None \
+                and (now - t.datetime_start).total_seconds() > seconds:
+            try:
+                study._storage.set_trial_state_values(t._trial_id, state=TrialState.FAIL)
+            except optuna.exceptions.UpdateFinishedTrialError:
+                pass  # another worker did it first, or the trial finished after all
+
+
 # --- the workers -----------------------------------------------------------------------------------------
 
 class Heartbeat(threading.Thread):
@@ -233,6 +257,7 @@ class Search:
         """Runs one trial, or waits while the budget is taken by running ones; False when done."""
         study, budget = self.study, self.settings.budget
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, retried once
+        fail_unborn(study, 3 * self.settings.heartbeat + 30)
         c = counts(study)
         if c[TrialState.COMPLETE] >= budget:
             return False
@@ -263,11 +288,16 @@ class Search:
         c = counts(self.study, before=trial.number)
         if c[TrialState.COMPLETE] + c[TrialState.RUNNING] >= self.settings.budget:
             return 'over the budget'
-        for t in self.study.get_trials(deepcopy=False):
+        trials = self.study.get_trials(deepcopy=False)
+        origin = next(t for t in trials if t.number == trial.number).system_attrs.get('failed_trial')
+        for t in trials:  # two workers that found the same dead trial both queued its retry
+            if origin is not None and t.number < trial.number and t.system_attrs.get('failed_trial') == origin:
+                return f'trial {t.number} retries trial {origin} already'
+        for t in trials:
             if t.number == trial.number or not t.params or 'blocks' not in t.params:
                 continue
             live = t.state == TrialState.COMPLETE or (t.state == TrialState.RUNNING and t.number < trial.number)
-            if live and pnas_space.from_params(t.params) == cell:
+            if live and same_cell(t.params, cell):
                 return f'the cell of trial {t.number}'
         return None
 
@@ -280,6 +310,15 @@ class Search:
         beat = Heartbeat(self.study, trial, self.settings.heartbeat)
         beat.start()
         try:
+            self._record(trial, cell, folder, gpu)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.say(f'trial {trial.number}: its heartbeat came late and another worker failed it '
+                     f'(its retry trains the cell again); a longer --heartbeat avoids that')
+        finally:
+            beat.done.set()
+
+    def _record(self, trial: optuna.Trial, cell, folder: str, gpu: Optional[str]) -> None:
+        try:
             result = self.train(self.settings, cell, folder, gpu)
         except TrainingFailed as e:
             trial.set_user_attr('error', str(e))
@@ -289,10 +328,13 @@ class Search:
             if self.failures_in_a_row >= 3:
                 raise SearchError(f'{self.failures_in_a_row} trainings failed in a row; the last: {e}') from None
             return
-        finally:
-            beat.done.set()
         self.failures_in_a_row = 0
         trial.set_user_attr('seconds', result['seconds'])
+        twin = next((t.number for t in complete_trials(self.study) if same_cell(t.params, cell)), None)
+        if twin is not None:  # two machines drew it in the same instant: the study keeps one
+            trial.set_user_attr('skipped', f'the cell of trial {twin}, trained at the same time')
+            self.study.tell(trial, state=TrialState.PRUNED)
+            return
         self.study.tell(trial, result['accuracy'])
         self.report(trial.number, result['accuracy'])
 

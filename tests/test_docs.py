@@ -91,6 +91,10 @@ def unknown_flags(command: str):
     _, script, args = split_command(command)
     if script is None:
         return []
+    if script == 'neural_predictor/search.py' and '--' in args:  # the rest goes to train.py
+        cut = args.index('--')
+        return unknown_flags(shlex.join(['python', script, *args[:cut]])) + \
+            unknown_flags(shlex.join(['python', 'train.py', *args[cut + 1:]]))
     known = set(re.findall(r'(--[\w-]+)', help_text(script)))
     return [a.split('=')[0] for a in args if a.startswith('--') and a.split('=')[0] not in known]
 
@@ -141,6 +145,9 @@ def test_a_renamed_flag_is_caught():
     assert unknown_flags('python model.py --summary --preset mobile --no-time') == []
     assert unknown_flags('python model.py --summary --preset mobile --no-timing') == ['--no-timing']
     assert unknown_flags('torchrun --nproc_per_node=2 main.py --batch-size 64 --batchsize 3') == ['--batchsize']
+    # search.py --space pnas hands what follows -- to train.py: those are train.py's flags
+    assert unknown_flags('python neural_predictor/search.py --space pnas --data D -- --epochs 1 --cells 3') == []
+    assert unknown_flags('python neural_predictor/search.py --space pnas --data D -- --epoch 1') == ['--epoch']
 
 
 @pytest.mark.parametrize('script', sorted(SCRIPTS))
