@@ -16,7 +16,7 @@ import torch
 
 import genotypes
 import model
-from neural_predictor import pnas_space, samplers, study as study_mod
+from neural_predictor import dataset, pnas_space, samplers, study as study_mod
 from test_cifar import write_cifar10
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -133,19 +133,22 @@ def settings(tmp_path, **kw):
 
 
 def fake_training(failing=()):
-    trained = []
+    trained, gpus = [], []
 
     def train(settings, cell, folder, gpu):
         trained.append(cell)
+        gpus.append(gpu)
         if cell in failing or len(trained) in failing:
             raise study_mod.TrainingFailed('RuntimeError: CUDA out of memory (a stand-in)')
         return {'accuracy': synthetic(cell) / 100.0, 'seconds': 0.0}
+    train.gpus = gpus
     return train, trained
 
 
 @pytest.mark.quick
 @pytest.mark.parametrize('method', study_mod.METHODS)
-def test_each_method_runs_a_study_to_its_budget(tmp_path, method):
+def test_each_method_runs_a_study_to_its_budget(tmp_path, method, monkeypatch):
+    monkeypatch.setenv('CUDA_VISIBLE_DEVICES', '3,5')  # worker k trains on the k-th of them
     s = settings(tmp_path, method=method, budget=6)
     study = study_mod.open_study(f'sqlite:///{tmp_path}/s.db', 's', s)
     train, trained = fake_training()
@@ -153,6 +156,7 @@ def test_each_method_runs_a_study_to_its_budget(tmp_path, method):
     study_mod.Search(study, s, train=train, say=lines.append, poll=0.05).run()
     done = study_mod.complete_trials(study)
     assert len(done) == 6 == len(trained) == len(set(trained))
+    assert set(train.gpus) <= {'3', '5'} and train.gpus  # one GPU a worker, never all of them
     assert len(lines) == 6 and lines[-1].endswith('0 of 6 trials left')
     for t in done:
         g = genotypes.get(t.user_attrs['genotype'])
@@ -273,6 +277,8 @@ def test_killed_command_and_two_processes_on_one_store_end_with_the_budget(tmp_p
         assert 'genotype' not in t.user_attrs or all(r.params == t.params for r in retries), table
         retried += len(retries)
     assert retried >= 1, table
+    table_rows = dataset.read_genotype_table(str(tmp_path / 'runs0.json'), genotypes.get)  # what --table reads
+    assert len(table_rows) == 6
     for k in range(2):
         rows = json.load(open(tmp_path / f'runs{k}.json'))
         assert sorted(r['trial'] for r in rows) == sorted(t.number for t in done)
