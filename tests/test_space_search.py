@@ -17,6 +17,7 @@ import torch
 import genotypes
 import model
 from neural_predictor import dataset, pnas_space, samplers, study as study_mod
+from neural_predictor.tools.sampler_comparison import Synthetic, study_of
 from test_cifar import write_cifar10
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
@@ -55,36 +56,15 @@ def test_the_space_is_pnas_cells_in_genotypes_format():
 # --- the samplers on a synthetic objective ---------------------------------------------------------------
 
 BLOCKS = 5
-_W = np.random.RandomState(7)
-# an op's worth is mostly its own (as separable convolutions beat pooling in every block), a little
-# its block's; each block prefers its own inputs
-W_OP = _W.randn(1, len(pnas_space.OPS)) + 0.3 * _W.randn(BLOCKS, len(pnas_space.OPS))
-W_IN = _W.randn(BLOCKS, BLOCKS + 1)
+TOY = Synthetic(BLOCKS)
 
 
 def synthetic(cell) -> float:
-    """Each branch's op and input score; the optimum: every branch takes its block's best."""
-    return float(sum(W_OP[b][pnas_space.OPS.index(op)] + W_IN[b][i]
-                     for b, block in enumerate(cell) for i, op in block))
-
-
-def pnas_objective(grow: bool):
-    space = samplers.pnas_distributions(BLOCKS, grow)
-
-    def objective(trial):
-        params = {'blocks': trial.suggest_categorical('blocks', space['blocks'].choices)}
-        for b in range(params['blocks']):
-            for name in pnas_space.param_names(b):
-                params[name] = trial.suggest_categorical(name, space[name].choices)
-        trial.set_user_attr('cell', pnas_space.from_params(params))
-        return synthetic(pnas_space.from_params(params))
-    return objective
+    return TOY.score(cell)
 
 
 def best_found(method: str, seed: int, trials: int) -> float:
-    study = optuna.create_study(direction='maximize',
-                                sampler=samplers.pnas_sampler(method, BLOCKS, seed, beam=trials // BLOCKS))
-    study.optimize(pnas_objective(method == 'pnas'), n_trials=trials)
+    study = study_of(method, TOY, seed, trials)
     cells = [t.user_attrs['cell'] for t in study.trials]
     assert len(set(cells)) == len(cells), f'{method} proposed a cell twice'
     if method == 'pnas':  # grown a block at a time, the beam of each size trained before the next
@@ -96,7 +76,9 @@ def best_found(method: str, seed: int, trials: int) -> float:
 
 
 def test_every_sampler_finds_better_cells_than_random_search():
-    optimum = float(sum(2 * W_OP[b].max() + 2 * W_IN[b][:b + 2].max() for b in range(BLOCKS)))
+    """On a synthetic objective with a known optimum (tools/sampler_comparison.py), the mean
+    best cell over seeds, against random search's with the same trials and seeds."""
+    optimum = TOY.optimum
     # evolution is cheap but needs its population (10) first; the ensembles cost a fit a trial
     random30, evolution30 = ([best_found(m, s, 30) for s in range(4)] for m in ('random', 'evolution'))
     assert np.mean(evolution30) > np.mean(random30), (evolution30, random30)
