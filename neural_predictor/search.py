@@ -301,6 +301,8 @@ def space_search(args, train_args: List[str]) -> int:
         study_mod.Search(study, settings, say=lambda line: print(line, flush=True)).run()
     except study_mod.SearchError as e:
         return fail(SCRIPT, str(e))
+    except KeyboardInterrupt:  # the running trials are failed by their stale heartbeat, and retried
+        return fail(SCRIPT, 'interrupted; the same command goes on with the study')
     rows = study_mod.export_rows(study)
     if args.export:
         write_json(rows, args.export)

@@ -368,6 +368,7 @@ def best_entry(study: optuna.Study, blocks: int) -> Optional[str]:
         return None
     best = max(full, key=lambda t: t.value)
     cell = pnas_space.from_genotype(genotypes.get(best.user_attrs['genotype']))
-    name = ''.join(ch for ch in study.study_name.title() if ch.isalnum()) or 'Searched'
+    name = ''.join(ch for ch in study.study_name.title() if ch.isalnum())
+    name = name if name[:1].isalpha() else 'Searched' + name  # a Python name
     return (f'# trial {best.number} of study {study.study_name}: validation accuracy '
             f'{100 * best.value:.2f} %\n' + pnas_space.genotype_entry(cell, f'{name}Cell'))
