@@ -177,6 +177,15 @@ def costs(cell: pnas_space.Cell, train_args: List[str]) -> dict:
     return {'parameters': params, 'multiply_adds': mult_adds}
 
 
+def has_cell(params: dict) -> bool:
+    """Whether the trial's parameters hold a whole cell (not while a worker is drawing it)."""
+    try:
+        pnas_space.from_params(params)
+        return True
+    except (KeyError, ValueError):
+        return False
+
+
 def same_cell(params: dict, cell) -> bool:
     try:
         return pnas_space.from_params(params) == cell
@@ -288,7 +297,7 @@ class Search:
         c = counts(self.study, before=trial.number)
         if c[TrialState.COMPLETE] + c[TrialState.RUNNING] >= self.settings.budget:
             return 'over the budget'
-        trials = self.study.get_trials(deepcopy=False)
+        trials = self.drawn_before(trial.number)
         origin = next(t for t in trials if t.number == trial.number).system_attrs.get('failed_trial')
         for t in trials:  # two workers that found the same dead trial both queued its retry
             if origin is not None and t.number < trial.number and t.system_attrs.get('failed_trial') == origin:
@@ -300,6 +309,18 @@ class Search:
             if live and same_cell(t.params, cell):
                 return f'the cell of trial {t.number}'
         return None
+
+    def drawn_before(self, number: int, wait: float = 10.0) -> List[optuna.trial.FrozenTrial]:
+        """The study's trials once every earlier running one has its whole cell: another
+        process may be drawing one at this moment, and it could be this cell."""
+        end = time.time() + wait
+        while True:
+            trials = self.study.get_trials(deepcopy=False)
+            drawing = [t for t in trials if t.number < number and t.state == TrialState.RUNNING
+                       and not has_cell(t.params)]
+            if not drawing or time.time() > end:
+                return trials
+            time.sleep(0.1)
 
     def _train(self, trial: optuna.Trial, cell, gpu: Optional[str]) -> None:
         trial.set_user_attr('genotype', genotypes.to_dict(pnas_space.genotype(cell)))
