@@ -11,7 +11,7 @@ A cell here is a tuple of blocks, a block a pair of branches ``(input, op)``. As
 parameters, block ``i`` is ``b{i}_in1``, ``b{i}_op1``, ``b{i}_in2``, ``b{i}_op2`` and the cell's
 size ``blocks``.
 """
-from typing import Dict, Iterable, List, Sequence, Tuple
+from typing import Dict, Iterable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -67,6 +67,15 @@ def from_params(params: dict) -> Cell:
         i1, o1, i2, o2 = (params[n] for n in param_names(b))
         cell.append(((i1, o1), (i2, o2)))
     return check(cell)
+
+
+def cell_of(params: dict) -> Optional[Cell]:
+    """The cell of a trial's parameters; None while they are incomplete (a worker is still
+    drawing them) or outside the space."""
+    try:
+        return from_params(params)
+    except (KeyError, ValueError):
+        return None
 
 
 def genotype(cell: Cell) -> genotypes.Genotype:

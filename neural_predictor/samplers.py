@@ -20,6 +20,7 @@ an architecture that a trial of the study already holds (finished, running or wa
 Without ``space`` it searches the parameters that every finished trial has (random trials until
 there is one); a study to minimise is handled by ranking the other way.
 """
+import collections
 from typing import Callable, Dict, List, Optional, Sequence
 
 import numpy as np
@@ -202,27 +203,27 @@ class ProgressiveSampler(ArchitectureSampler):
     among the children of the trained cells of one block less and the neighbours of the best."""
 
     def __init__(self, blocks: int = pnas_space.BLOCKS, beam: int = 8, **kwargs):
-        super().__init__(key=lambda p: pnas_space.from_params(p), **kwargs)
+        super().__init__(key=pnas_space.from_params, **kwargs)
         self.blocks, self.beam = blocks, beam
 
     def propose(self, space, done, seen) -> Params:
         cells = [(pnas_space.from_params(p), v) for p, v in done]
-        pending = [c for c in seen]  # every cell a trial holds, finished or not
+        held = collections.Counter(len(c) for c in seen)  # cells a trial holds, by size
         size = 1
-        while size < self.blocks and sum(len(c) == size for c in pending) >= self.beam:
+        while size < self.blocks and held[size] >= self.beam:
             size += 1
         if size == 1:
             options = [c for c in pnas_space.one_block_cells() if c not in seen]
             return pnas_space.to_params(options[self.rng.randint(len(options))])
-        parents = [c for c, _ in cells if len(c) == size - 1] or [c for c in pending if len(c) == size - 1]
+        parents = [c for c, _ in cells if len(c) == size - 1] or [c for c in seen if len(c) == size - 1]
         options = {child for p in parents for child in pnas_space.expand(p)}
-        if size == self.blocks and sum(len(c) == size for c in pending) >= self.beam:
+        if size == self.blocks and held[size] >= self.beam:
             full = sorted(((v, c) for c, v in cells if len(c) == size), reverse=True)
             if full:
                 options.update(pnas_space.neighbours(full[0][1]))
-        options = sorted(options - set(seen))
-        if not options:
-            return pnas_space.to_params(self.fresh_cell(seen))
+        options = sorted(options - seen)
+        if not options:  # a random full-size cell
+            return self.fresh({**space, 'blocks': CategoricalDistribution([self.blocks])}, seen)
         if not cells:
             return pnas_space.to_params(options[self.rng.randint(len(options))])
         x = torch.from_numpy(pnas_space.features([c for c, _ in cells], self.blocks))
@@ -230,13 +231,6 @@ class ProgressiveSampler(ArchitectureSampler):
                                       int(self.rng.randint(2 ** 31)))
         scores = predict(torch.from_numpy(pnas_space.features(options, self.blocks))).mean(0)
         return pnas_space.to_params(options[int(np.argmax(scores))])
-
-    def fresh_cell(self, seen) -> pnas_space.Cell:
-        for _ in range(1000):
-            cell = pnas_space.random_cell(self.rng, self.blocks)
-            if cell not in seen:
-                return cell
-        return cell
 
 
 def pnas_distributions(blocks: int, grow: bool) -> Dict[str, BaseDistribution]:
@@ -249,7 +243,7 @@ def pnas_distributions(blocks: int, grow: bool) -> Dict[str, BaseDistribution]:
 
 def pnas_sampler(method: str, blocks: int, seed: Optional[int], beam: int) -> ArchitectureSampler:
     """The sampler of ``method`` over PNAS's space (what ``search.py --space pnas`` runs)."""
-    key = lambda p: pnas_space.from_params(p)  # noqa: E731: cells equal up to branch order are one
+    key = pnas_space.from_params  # cells equal up to branch order are one
     space = pnas_distributions(blocks, grow=method == 'pnas')
     if method == 'pnas':
         return ProgressiveSampler(blocks=blocks, beam=beam, space=space, seed=seed)
@@ -262,3 +256,13 @@ def pnas_sampler(method: str, blocks: int, seed: Optional[int], beam: int) -> Ar
             return one_hot(space, [pnas_space.to_params(pnas_space.from_params(p)) for p in rows])
         return PredictorSampler(space=space, seed=seed, key=key, encode=encode)
     raise ValueError(f'unknown method {method!r}')
+
+
+def suggest_cell(trial: optuna.Trial, space: Dict[str, CategoricalDistribution]) -> pnas_space.Cell:
+    """The trial's cell, asked of it parameter by parameter in ``space`` (``pnas_distributions``):
+    its size, then each of its blocks."""
+    params = {'blocks': trial.suggest_categorical('blocks', space['blocks'].choices)}
+    for b in range(params['blocks']):
+        for name in pnas_space.param_names(b):
+            params[name] = trial.suggest_categorical(name, space[name].choices)
+    return pnas_space.from_params(params)

@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, List, Optional
 
 import optuna
+import torch
 from optuna.trial import TrialState
 
 import genotypes
@@ -100,10 +101,10 @@ def open_study(url: str, name: str, settings: Settings) -> optuna.Study:
     return study
 
 
-def counts(study: optuna.Study, before: Optional[int] = None) -> dict:
+def counts(trials: List[optuna.trial.FrozenTrial], before: Optional[int] = None) -> dict:
     """Trials by state (RUNNING ones only where numbered below ``before``)."""
     out = {s: 0 for s in TrialState}
-    for t in study.get_trials(deepcopy=False):
+    for t in trials:
         if t.state != TrialState.RUNNING or before is None or t.number < before:
             out[t.state] += 1
     return out
@@ -170,27 +171,10 @@ def costs(cell: pnas_space.Cell, train_args: List[str]) -> dict:
     overrides = {k: v for k, v in (('num_conv_filters', known.filters), ('num_cells', known.cells),
                                    ('stem_multiplier', known.stem_multiplier)) if v is not None}
     config = model.PNASNetConfig.cifar(genotype=genotypes.to_dict(pnas_space.genotype(cell)), **overrides)
-    import torch
     with torch.device('meta'):
         net = model.build_network(config).eval()
     params, mult_adds = utils.count_costs(net, config.image_size)
     return {'parameters': params, 'multiply_adds': mult_adds}
-
-
-def has_cell(params: dict) -> bool:
-    """Whether the trial's parameters hold a whole cell (not while a worker is drawing it)."""
-    try:
-        pnas_space.from_params(params)
-        return True
-    except (KeyError, ValueError):
-        return False
-
-
-def same_cell(params: dict, cell) -> bool:
-    try:
-        return pnas_space.from_params(params) == cell
-    except (KeyError, ValueError):  # a trial still being given its parameters by another process
-        return False
 
 
 def fail_unborn(study: optuna.Study, seconds: float) -> None:
@@ -233,11 +217,11 @@ class Search:
         self._say = say
         self.failures_in_a_row = 0
         self.error: Optional[BaseException] = None
+        self.space = samplers.pnas_distributions(settings.blocks, grow=settings.method == 'pnas')
         visible = os.environ.get('CUDA_VISIBLE_DEVICES')
         if visible is not None:
             self.gpus = [g for g in visible.split(',') if g.strip()]
         else:
-            import torch
             self.gpus = [str(i) for i in range(torch.cuda.device_count())]
 
     def say(self, text: str) -> None:
@@ -267,7 +251,7 @@ class Search:
         study, budget = self.study, self.settings.budget
         optuna.storages.fail_stale_trials(study)  # a dead worker's trial: failed, retried once
         fail_unborn(study, 3 * self.settings.heartbeat + 30)
-        c = counts(study)
+        c = counts(study.get_trials(deepcopy=False))
         if c[TrialState.COMPLETE] >= budget:
             return False
         if c[TrialState.COMPLETE] + c[TrialState.RUNNING] >= budget:
@@ -276,13 +260,7 @@ class Search:
         with self.ask_lock:
             trial = study.ask()
             study._storage.record_heartbeat(trial._trial_id)
-            space = samplers.pnas_distributions(self.settings.blocks, grow=self.settings.method == 'pnas')
-            blocks = trial.suggest_categorical('blocks', space['blocks'].choices)
-            params = {'blocks': blocks}
-            for b in range(blocks):
-                for name in pnas_space.param_names(b):
-                    params[name] = trial.suggest_categorical(name, space[name].choices)
-        cell = pnas_space.from_params(params)
+            cell = samplers.suggest_cell(trial, self.space)
         reason = self._not_to_train(trial, cell)
         if reason:
             trial.set_user_attr('skipped', reason)
@@ -294,19 +272,19 @@ class Search:
     def _not_to_train(self, trial: optuna.Trial, cell) -> Optional[str]:
         """Why this trial must not train: its cell is another's (a race between machines), or the
         budget is taken (another process asked at the same moment)."""
-        c = counts(self.study, before=trial.number)
+        trials = self.drawn_before(trial.number)
+        c = counts(trials, before=trial.number)
         if c[TrialState.COMPLETE] + c[TrialState.RUNNING] >= self.settings.budget:
             return 'over the budget'
-        trials = self.drawn_before(trial.number)
         origin = next(t for t in trials if t.number == trial.number).system_attrs.get('failed_trial')
         for t in trials:  # two workers that found the same dead trial both queued its retry
             if origin is not None and t.number < trial.number and t.system_attrs.get('failed_trial') == origin:
                 return f'trial {t.number} retries trial {origin} already'
         for t in trials:
-            if t.number == trial.number or not t.params or 'blocks' not in t.params:
+            if t.number == trial.number:
                 continue
             live = t.state == TrialState.COMPLETE or (t.state == TrialState.RUNNING and t.number < trial.number)
-            if live and same_cell(t.params, cell):
+            if live and pnas_space.cell_of(t.params) == cell:
                 return f'the cell of trial {t.number}'
         return None
 
@@ -317,7 +295,7 @@ class Search:
         while True:
             trials = self.study.get_trials(deepcopy=False)
             drawing = [t for t in trials if t.number < number and t.state == TrialState.RUNNING
-                       and not has_cell(t.params)]
+                       and pnas_space.cell_of(t.params) is None]
             if not drawing or time.time() > end:
                 return trials
             time.sleep(0.1)
@@ -351,7 +329,7 @@ class Search:
             return
         self.failures_in_a_row = 0
         trial.set_user_attr('seconds', result['seconds'])
-        twin = next((t.number for t in complete_trials(self.study) if same_cell(t.params, cell)), None)
+        twin = next((t.number for t in complete_trials(self.study) if pnas_space.cell_of(t.params) == cell), None)
         if twin is not None:  # two machines drew it in the same instant: the study keeps one
             trial.set_user_attr('skipped', f'the cell of trial {twin}, trained at the same time')
             self.study.tell(trial, state=TrialState.PRUNED)
@@ -388,7 +366,7 @@ def best_entry(study: optuna.Study, blocks: int) -> Optional[str]:
     if not full:
         return None
     best = max(full, key=lambda t: t.value)
-    cell = pnas_space.from_genotype(genotypes.get(best.user_attrs['genotype']))
+    cell = pnas_space.from_params(best.params)
     name = ''.join(ch for ch in study.study_name.title() if ch.isalnum())
     name = name if name[:1].isalpha() else 'Searched' + name  # a Python name
     return (f'# trial {best.number} of study {study.study_name}: validation accuracy '

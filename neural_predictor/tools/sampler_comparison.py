@@ -41,11 +41,7 @@ class Synthetic:
         space = samplers.pnas_distributions(self.blocks, grow)
 
         def run(trial):
-            params = {'blocks': trial.suggest_categorical('blocks', space['blocks'].choices)}
-            for b in range(params['blocks']):
-                for name in pnas_space.param_names(b):
-                    params[name] = trial.suggest_categorical(name, space[name].choices)
-            cell = pnas_space.from_params(params)
+            cell = samplers.suggest_cell(trial, space)
             trial.set_user_attr('cell', cell)
             return self.score(cell)
         return run
