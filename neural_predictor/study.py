@@ -203,7 +203,10 @@ class Heartbeat(threading.Thread):
 
     def run(self):
         while not self.done.wait(self.interval):
-            self.storage.record_heartbeat(self.trial_id)
+            try:
+                self.storage.record_heartbeat(self.trial_id)
+            except Exception:  # noqa: BLE001: a busy database (SQLite's lock): beat again next time
+                pass
 
 
 class Search:
