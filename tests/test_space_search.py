@@ -169,6 +169,33 @@ def test_a_failed_training_is_recorded_and_the_search_goes_on(tmp_path):
     assert len(study_mod.complete_trials(optuna.load_study(study_name='s', storage=f'sqlite:///{tmp_path}/s.db'))) == 4
 
 
+def test_a_fresh_draw_of_a_queued_retrys_cell_is_not_trained_twice(tmp_path):
+    """A dead trial's retry waits in the queue with its cell; a fresh trial that draws the same
+    cell before anyone asks for the retry yields to it (the retry, numbered first, trains it):
+    the race the two-process command test caught once in a while."""
+    s = settings(tmp_path, budget=6, workers=1)
+    study = study_mod.open_study(f'sqlite:///{tmp_path}/s.db', 's', s)
+    search = study_mod.Search(study, s, train=fake_training()[0], say=lambda line: None)
+    cell = pnas_space.check([((0, 'sep_conv_3x3'), (1, 'max_pool_3x3')), ((2, 'skip_connect'), (0, 'avg_pool_3x3'))])
+    study.enqueue_trial(pnas_space.to_params(cell))
+    dead = study.ask()
+    assert samplers.suggest_cell(dead, search.space) == cell
+    study._storage.set_trial_state_values(dead._trial_id, state=optuna.trial.TrialState.FAIL)
+    optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, study.trials[dead.number])
+    retry = study.trials[-1]
+    assert retry.state == optuna.trial.TrialState.WAITING and retry.system_attrs['failed_trial'] == dead.number
+    # another process asks for a fresh trial and draws the same cell
+    fresh_id = study._storage.create_new_trial(study._study_id)
+    study._storage.set_trial_system_attr(fresh_id, 'fixed_params', pnas_space.to_params(cell))
+    fresh = optuna.Trial(study, fresh_id)
+    assert samplers.suggest_cell(fresh, search.space) == cell and fresh.number > retry.number
+    assert search._not_to_train(fresh, cell) == f'the cell of trial {retry.number}'
+    study.tell(fresh, state=optuna.trial.TrialState.PRUNED)
+    asked = study.ask()  # the queued retry comes first, and it trains
+    assert asked.number == retry.number and samplers.suggest_cell(asked, search.space) == cell
+    assert search._not_to_train(asked, cell) is None
+
+
 @pytest.mark.quick
 def test_a_study_made_by_another_search_is_refused(tmp_path):
     url = f'sqlite:///{tmp_path}/s.db'
