@@ -270,8 +270,10 @@ def test_killed_command_and_two_processes_on_one_store_end_with_the_budget(tmp_p
     failed = [t for t in study.trials if t.state == optuna.trial.TrialState.FAIL]
     errors = [t.user_attrs.get('error') for t in failed]
     assert failed and not any(errors), (table, errors)  # the heartbeat's failures, not a training's
+    # a trial trained where its own folder has a training's log (a retry copies its dead
+    # trial's attributes, its folder's name among them, until it trains in one of its own)
     trained = {t.number for t in study.trials
-               if os.path.exists(os.path.join(t.user_attrs.get('folder', '/-'), 'train.log'))}
+               if os.path.exists(tmp_path / 'runs' / 's1' / f'trial_{t.number:05d}' / 'train.log')}
     finished = {t.number for t in done}
     # every complete trial trained once; nothing trained but them and the killed ones
     assert finished <= trained <= finished | {t.number for t in failed}, table
