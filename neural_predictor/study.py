@@ -271,13 +271,23 @@ class Search:
         with self.ask_lock:
             trial = study.ask()
             study._storage.record_heartbeat(trial._trial_id)
+            # beating from the start: drawing the cell and waiting for other processes' draws
+            # can outlast the grace period, and another worker would fail a live trial
+            beat = Heartbeat(study, trial, self.settings.heartbeat)
+            beat.start()
+        try:
             cell = samplers.suggest_cell(trial, self.space)
-        reason = self._not_to_train(trial, cell)
-        if reason:
-            trial.set_user_attr('skipped', reason)
-            study.tell(trial, state=TrialState.PRUNED)
-            return True
-        self._train(trial, cell, gpu)
+            reason = self._not_to_train(trial, cell)
+            if reason:
+                trial.set_user_attr('skipped', reason)
+                study.tell(trial, state=TrialState.PRUNED)
+            else:
+                self._train(trial, cell, gpu)
+        except optuna.exceptions.UpdateFinishedTrialError:
+            self.say(f'trial {trial.number}: its heartbeat came late and another worker failed it '
+                     f'(its retry trains the cell again); a longer --heartbeat avoids that')
+        finally:
+            beat.done.set()
         return True
 
     def _not_to_train(self, trial: optuna.Trial, cell) -> Optional[str]:
@@ -320,15 +330,7 @@ class Search:
         trial.set_user_attr('costs', costs(cell, self.settings.train_args))
         folder = os.path.join(self.settings.runs, self.study.study_name, f'trial_{trial.number:05d}')
         trial.set_user_attr('folder', folder)
-        beat = Heartbeat(self.study, trial, self.settings.heartbeat)
-        beat.start()
-        try:
-            self._record(trial, cell, folder, gpu)
-        except optuna.exceptions.UpdateFinishedTrialError:
-            self.say(f'trial {trial.number}: its heartbeat came late and another worker failed it '
-                     f'(its retry trains the cell again); a longer --heartbeat avoids that')
-        finally:
-            beat.done.set()
+        self._record(trial, cell, folder, gpu)
 
     def _record(self, trial: optuna.Trial, cell, folder: str, gpu: Optional[str]) -> None:
         try:

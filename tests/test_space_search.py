@@ -196,6 +196,26 @@ def test_a_fresh_draw_of_a_queued_retrys_cell_is_not_trained_twice(tmp_path):
     assert search._not_to_train(asked, cell) is None
 
 
+def test_a_trial_failed_by_another_worker_before_it_trains_costs_one_line(tmp_path):
+    """Another worker may fail a trial as stale while its cell is drawn or checked (a slow draw,
+    a wait for another process): the search says so and goes on, it does not end."""
+    s = settings(tmp_path, budget=2, workers=1)
+    study = study_mod.open_study(f'sqlite:///{tmp_path}/s.db', 's', s)
+    lines = []
+    search = study_mod.Search(study, s, train=fake_training()[0], say=lines.append, poll=0.05)
+    check = search.drawn_before
+
+    def failed_meanwhile(number, wait=10.0):
+        if number == 0:
+            trial = next(t for t in study.get_trials(deepcopy=False) if t.number == 0)
+            study._storage.set_trial_state_values(trial._trial_id, state=optuna.trial.TrialState.FAIL)
+        return check(number, wait)
+    search.drawn_before = failed_meanwhile
+    search.run()
+    assert lines[0].startswith('trial 0: its heartbeat came late and another worker failed it')
+    assert len(study_mod.complete_trials(study)) == 2 and len(lines) == 3
+
+
 @pytest.mark.quick
 def test_a_study_made_by_another_search_is_refused(tmp_path):
     url = f'sqlite:///{tmp_path}/s.db'
