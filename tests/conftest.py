@@ -56,6 +56,48 @@ def within_reported_bounds(report) -> bool:
     return all(report['diffs'][k] <= bound for k, bound in report['bounds'].items())
 
 
+def free_port() -> int:
+    """A TCP port nobody listens on now, for a torchrun test (two test files may run torchrun
+    at once, one per xdist worker)."""
+    import socket
+    with socket.socket() as s:
+        s.bind(('127.0.0.1', 0))
+        return s.getsockname()[1]
+
+
+def _cores() -> int:
+    return len(os.sched_getaffinity(0)) if hasattr(os, 'sched_getaffinity') else os.cpu_count() or 1
+
+
+def pytest_xdist_auto_num_workers(config):
+    """``-n auto`` (pytest.ini): a worker per core, at most four (each holds torch and
+    TensorFlow; more would not shorten the longest tests)."""
+    return max(1, min(4, _cores()))
+
+
+def _share_the_cores():
+    """Under xdist, each worker and the scripts it starts use its share of the cores, not all
+    of them: two workers with two threads each on two cores would wait on each other."""
+    workers = int(os.environ.get('PYTEST_XDIST_WORKER_COUNT', '1'))
+    if workers > 1:
+        threads = max(1, _cores() // workers)
+        os.environ.setdefault('OMP_NUM_THREADS', str(threads))
+        torch.set_num_threads(threads)
+
+
+_share_the_cores()
+
+
+@pytest.fixture(autouse=True)
+def _keep_the_threads():
+    """A test that sets torch's thread count (a script's main() run in-process) leaves the
+    worker's as it was for the tests after it."""
+    threads = torch.get_num_threads()
+    yield
+    if torch.get_num_threads() != threads:
+        torch.set_num_threads(threads)
+
+
 def pytest_configure(config):
     config.addinivalue_line('markers', 'tf: compares with TensorFlow; .ci/run runs these with '
                                        'TF_ENABLE_ONEDNN_OPTS=0 and =1')

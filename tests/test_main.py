@@ -16,7 +16,7 @@ import main
 import runtime
 import tf_reference
 import utils
-from conftest import within_tf_bound
+from conftest import free_port, within_tf_bound
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 WNIDS = ['n01440764', 'n01443537', 'n15075141']  # classes 0, 1 and 999
@@ -112,7 +112,7 @@ def test_torchrun_two_processes_give_the_same_totals(valdir, weights, tmp_path):
                                  '--output', str(tmp_path / 'one.json'))
     assert status == 0
     run = subprocess.run([sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node=2',
-                          '--master_port=29517', 'main.py', '--valdir', valdir, '--weights', weights,
+                          f'--master_port={free_port()}', 'main.py', '--valdir', valdir, '--weights', weights,
                           '--workers', '0', '--batch-size', '3', '--device', 'cpu',
                           '--output', str(tmp_path / 'two.json'), '--no-progress'],
                          cwd=ROOT, capture_output=True, text=True, timeout=300)

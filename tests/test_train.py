@@ -18,6 +18,7 @@ import genotypes
 import main as main_mod
 import model as model_mod
 import train
+from conftest import free_port
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 COLOURS = {'blue': (40, 60, 200), 'green': (40, 180, 60), 'red': (200, 40, 40)}
@@ -202,7 +203,7 @@ def test_lr_schedules():
 def test_torchrun_two_processes_write_one_set_of_files(tmp_path, data):
     out = tmp_path / 'ddp'
     cmd = [sys.executable, '-m', 'torch.distributed.run', '--nproc_per_node', '2', '--master_port',
-           '29517', os.path.join(ROOT, 'train.py'), '--data', data, '--output', str(out),
+           str(free_port()), os.path.join(ROOT, 'train.py'), '--data', data, '--output', str(out),
            '--epochs', '1', '--device', 'cpu'] + SCRATCH
     env = dict(os.environ, OMP_NUM_THREADS='1')
     p = subprocess.run(cmd, capture_output=True, text=True, cwd=ROOT, env=env, timeout=300)
