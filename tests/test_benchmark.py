@@ -125,7 +125,8 @@ def test_benchmark_skips_bf16_on_a_cpu_without_it_and_says_why(tmp_path):
 def test_train_mode_times_train_py_step_and_checkpointing_saves_memory(tmp_path):
     """--train's wiring, small: the rows, the ratios and the two memory probes (subprocesses)."""
     out = tmp_path / 'train.json'
-    assert benchmark.main(['--train', '--size', '96', '--rounds', '1', '--no-timm',
+    assert benchmark.main(['--train', '--size', '64', '--rounds', '1', '--no-timm',
+                           '--threads', str(torch.get_num_threads()),
                            '--json', str(out)]) == 0
     result = json.loads(out.read_text())
     rows = {'ours_nchw_fp32', 'ours_channels_last_fp32'}
