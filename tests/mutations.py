@@ -136,8 +136,9 @@ def run_one(m: Mutation, folder: str) -> str:
     with open(path, 'w') as f:
         f.write(original.replace(m.old, m.new))
     try:
-        run = subprocess.run([sys.executable, '-m', 'pytest', '-x', '-q', '-p', 'no:cacheprovider', *m.tests],
-                             cwd=folder, capture_output=True, text=True)
+        # -n 0: a few tests, in one process (pytest.ini would start a worker per core)
+        run = subprocess.run([sys.executable, '-m', 'pytest', '-x', '-q', '-n', '0', '-p', 'no:cacheprovider',
+                              *m.tests], cwd=folder, capture_output=True, text=True)
     finally:
         with open(path, 'w') as f:
             f.write(original)
