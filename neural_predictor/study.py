@@ -25,6 +25,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Callable, List, Optional
 
 import optuna
+import sqlalchemy.exc
 import torch
 from optuna.trial import TrialState
 
@@ -213,8 +214,8 @@ class Heartbeat(threading.Thread):
         while not self.done.wait(self.interval):
             try:
                 self.storage.record_heartbeat(self.trial_id)
-            except Exception:  # noqa: BLE001: a busy database (SQLite's lock): beat again next time
-                pass
+            except (optuna.exceptions.StorageInternalError, sqlalchemy.exc.SQLAlchemyError):
+                pass  # a busy database (SQLite's lock) or a dropped connection: beat again next time
 
 
 class Search:

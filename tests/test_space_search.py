@@ -8,6 +8,7 @@ import signal
 import subprocess
 import sys
 import time
+import types
 
 import numpy as np
 import optuna
@@ -214,6 +215,37 @@ def test_a_trial_failed_by_another_worker_before_it_trains_costs_one_line(tmp_pa
     search.run()
     assert lines[0].startswith('trial 0: its heartbeat came late and another worker failed it')
     assert len(study_mod.complete_trials(study)) == 2 and len(lines) == 3
+
+
+def test_the_heartbeat_beats_on_after_a_busy_database_and_stops_on_a_bug(monkeypatch):
+    """The storage's own errors (SQLite's lock, a dropped connection) cost one beat; any other
+    error is a bug, and ends the thread where Python reports it."""
+    calls, reported = [], []
+
+    class Storage:
+        def __init__(self, error):
+            self.error = error
+
+        def record_heartbeat(self, trial_id):
+            calls.append(trial_id)
+            if len(calls) in (1, 2):
+                raise self.error
+
+    monkeypatch.setattr(study_mod.threading, 'excepthook', reported.append)
+    busy = optuna.exceptions.StorageInternalError('database is locked (a stand-in)')
+    for error, beats in ((busy, 5), (ValueError('a bug (a stand-in)'), 1)):
+        calls.clear()
+        beat = study_mod.Heartbeat(types.SimpleNamespace(_storage=Storage(error)),
+                                   types.SimpleNamespace(_trial_id=7), 0.01)
+        beat.start()
+        end = time.time() + 10
+        while len(calls) < beats and time.time() < end:
+            time.sleep(0.01)
+        time.sleep(0.1)
+        beat.done.set()
+        beat.join(5)
+        assert calls[:beats] == [7] * beats and not beat.is_alive()
+    assert len(reported) == 1 and reported[0].exc_type is ValueError
 
 
 @pytest.mark.quick
