@@ -35,6 +35,14 @@ Params = Dict[str, object]
 PENDING = (TrialState.RUNNING, TrialState.WAITING)
 
 
+def queued_params(t: FrozenTrial) -> Params:
+    """A trial's parameters, or the ones it was queued with (``enqueue_trial``, the retry of a
+    dead trial) while it waits to be asked for."""
+    if t.state == TrialState.WAITING:
+        return t.system_attrs.get('fixed_params') or {}
+    return t.params
+
+
 def key_of(params: Params) -> tuple:
     """Equal architectures, equal keys: the parameters in name order."""
     return tuple(sorted((k, repr(v)) for k, v in params.items()))
@@ -69,9 +77,10 @@ class ArchitectureSampler(optuna.samplers.BaseSampler):
         done = [(t.params, sign * t.value) for t in trials if t.state == TrialState.COMPLETE]
         seen = set()
         for t in trials:
-            if t.state in PENDING + (TrialState.COMPLETE, TrialState.FAIL) and t.params:
+            params = queued_params(t)
+            if t.state in PENDING + (TrialState.COMPLETE, TrialState.FAIL) and params:
                 try:
-                    seen.add(self.key(t.params))
+                    seen.add(self.key(params))
                 except (KeyError, ValueError):  # a trial still being given its parameters elsewhere
                     pass
         return self.propose(search_space, done, seen)

@@ -192,14 +192,6 @@ def fail_unborn(study: optuna.Study, seconds: float) -> None:
                 pass  # another worker did it first, or the trial finished after all
 
 
-def queued_params(t: optuna.trial.FrozenTrial) -> dict:
-    """A trial's parameters, or the ones it was queued with (``enqueue_trial``, the retry of a
-    dead trial) while it waits to be asked for."""
-    if t.state == TrialState.WAITING:
-        return t.system_attrs.get('fixed_params') or {}
-    return t.params
-
-
 # --- the workers -----------------------------------------------------------------------------------------
 
 class Heartbeat(threading.Thread):
@@ -309,7 +301,7 @@ class Search:
             # cell too: whoever asks for it later trains it
             live = t.state == TrialState.COMPLETE or (
                 t.state in (TrialState.RUNNING, TrialState.WAITING) and t.number < trial.number)
-            if live and pnas_space.cell_of(queued_params(t)) == cell:
+            if live and pnas_space.cell_of(samplers.queued_params(t)) == cell:
                 return f'the cell of trial {t.number}'
         return None
 

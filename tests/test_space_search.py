@@ -172,8 +172,8 @@ def test_a_failed_training_is_recorded_and_the_search_goes_on(tmp_path):
 
 def test_a_fresh_draw_of_a_queued_retrys_cell_is_not_trained_twice(tmp_path):
     """A dead trial's retry waits in the queue with its cell; a fresh trial that draws the same
-    cell before anyone asks for the retry yields to it (the retry, numbered first, trains it):
-    the race the two-process command test caught once in a while."""
+    cell before anyone asks for the retry yields to it (the retry, numbered first, trains it),
+    and a sampler does not propose that cell while it waits."""
     s = settings(tmp_path, budget=6, workers=1)
     study = study_mod.open_study(f'sqlite:///{tmp_path}/s.db', 's', s)
     search = study_mod.Search(study, s, train=fake_training()[0], say=lambda line: None)
@@ -185,8 +185,13 @@ def test_a_fresh_draw_of_a_queued_retrys_cell_is_not_trained_twice(tmp_path):
     optuna.storages.RetryHeartbeatStaleTrialCallback(max_retry=1)(study, study.trials[dead.number])
     retry = study.trials[-1]
     assert retry.state == optuna.trial.TrialState.WAITING and retry.system_attrs['failed_trial'] == dead.number
+    seen = []
+    proposer = samplers.RandomSampler(space=search.space, seed=0, key=pnas_space.from_params)
+    proposer.propose = lambda space, done, keys: seen.extend(keys) or proposer.fresh(space, keys)
     # another process asks for a fresh trial and draws the same cell
     fresh_id = study._storage.create_new_trial(study._study_id)
+    proposer.sample_relative(study, study._storage.get_trial(fresh_id), search.space)
+    assert cell in seen  # the queued retry's cell is taken
     study._storage.set_trial_system_attr(fresh_id, 'fixed_params', pnas_space.to_params(cell))
     fresh = optuna.Trial(study, fresh_id)
     assert samplers.suggest_cell(fresh, search.space) == cell and fresh.number > retry.number
