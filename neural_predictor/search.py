@@ -6,7 +6,7 @@ many trainings a method needs for the same result.
 
 draws the best metric found against look-ups (a look-up stands for one training) for the methods
 of ``strategies.py``: random search, regularized evolution, local search, the paper's one-shot
-predictor and the predictor-guided local search. The table is NAS-Bench-201's (analog-nasbench)
+predictor, the predictor-guided local search and Bayesian optimisation with a Gaussian process. The table is NAS-Bench-201's (analog-nasbench)
 unless ``--data``/``--splits`` (NAS-Bench-101 in the HDF5 layout) or ``--table`` (JSON lines of
 any space, or this project's genotype rows) say otherwise.
 """
@@ -25,7 +25,7 @@ from neural_predictor.common import fail, write_atomic, write_json  # noqa: E402
 
 SCRIPT = 'neural_predictor/search.py'
 METHODS = ('random', 'evolution', 'one_shot', 'predictor')  # the default comparison
-ALL_METHODS = ('random', 'evolution', 'local', 'one_shot', 'predictor')
+ALL_METHODS = ('random', 'evolution', 'local', 'one_shot', 'predictor', 'gp')
 
 
 # --- the comparison -----------------------------------------------------------------------------------

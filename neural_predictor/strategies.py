@@ -11,6 +11,8 @@ stands for one training; a strategy sees a row's label only once it has looked i
   top predictions).
 - ``guided_search``: the predictor-guided loop (a local search whose steps and restarts an
   ensemble of small networks chooses).
+- ``gp_search``: Bayesian optimisation over the whole table: a Gaussian process on the rows'
+  encodings, each look-up the untried row with the highest draw from its posterior.
 
 Neighbours of a row are the rows of the table nearest to it in its encoding (``Neighbours``), so
 that mutations work in any space a table holds, whatever its graphs look like.
@@ -262,8 +264,95 @@ def guided_search(table: dataset.Graphs, budget: int, seed: int, initial: int = 
     return looked
 
 
+# --- Gaussian-process Bayesian optimisation -------------------------------------------------------------
+
+LENGTH_SCALES = (0.5, 1.0, 2.0, 4.0, 8.0, 16.0, 32.0)
+NOISES = (1e-3, 1e-2, 1e-1, 0.3)
+
+
+def fit_gp(distance: torch.Tensor, y: torch.Tensor):
+    """The length scale and noise (from ``LENGTH_SCALES`` x ``NOISES``) of the kernel
+    exp(-distance / length scale) + noise x identity under which ``y`` is likeliest, its scale
+    profiled out (set to yT K^-1 y / n)."""
+    n, best = len(y), None
+    eye = torch.eye(n, dtype=y.dtype)
+    for length in LENGTH_SCALES:
+        base = torch.exp(-distance / length)
+        for noise in NOISES:
+            chol = torch.linalg.cholesky(base + noise * eye)
+            white = torch.linalg.solve_triangular(chol, y[:, None], upper=False)[:, 0]
+            scale = max(float(white @ white) / n, 1e-300)
+            likelihood = -0.5 * n * np.log(scale) - float(torch.log(torch.diagonal(chol)).sum())
+            if best is None or likelihood > best[0]:
+                best = (likelihood, length, noise)
+    return best[1], best[2]
+
+
+def gp_search(table: dataset.Graphs, budget: int, seed: int, initial: int = 10, refit: int = 10,
+              neighbours: Optional[Neighbours] = None) -> List[int]:
+    """Bayesian optimisation with a Gaussian process over the whole table. After ``initial``
+    random rows, a GP with the kernel exp(-d / length scale) on the Hamming distance d of the
+    rows' encodings (``Neighbours``'), fitted to the rank of every row looked up so far (length
+    scale and noise re-chosen by marginal likelihood every ``refit`` look-ups), gives each
+    untried row a posterior mean and spread; each untried row then draws a value from its own
+    posterior (mean + spread x a standard normal draw, independently for each row: the marginals
+    of a Thompson sample, not a joint one), and the row with the highest draw is looked up.
+
+    There are no steps and no restarts: every untried row of the table stays a candidate at every
+    look-up, with a chance that grows with its spread. Between refits the posterior is updated by
+    one row at a time (its Cholesky factor grown by a row), so a look-up costs a pass over the
+    table, not a refactorisation. In float64 throughout."""
+    rng = np.random.RandomState(seed)
+    neighbours = neighbours or Neighbours(table)
+    bits = torch.from_numpy(neighbours.bits.astype(np.float64))
+    ones = bits.sum(1)
+    n_rows = len(table)
+    budget = min(budget, n_rows)
+    looked = [int(i) for i in rng.permutation(n_rows)[:min(initial, budget)]]
+    seen = np.zeros(n_rows, bool)
+    seen[looked] = True
+
+    def distance(rows: torch.Tensor, cols) -> torch.Tensor:  # Hamming distances, exact integers
+        return (ones[rows][:, None] + ones[cols][None, :] - 2.0 * (bits[rows] @ bits[cols].T)).clamp_(min=0.0)
+
+    hyper, fitted = None, -1
+    chol = proj = None  # chol: the factor of K(looked) + noise; proj: chol^-1 K(looked, every row)
+    while len(looked) < budget:
+        idx = torch.tensor(looked)
+        y = torch.from_numpy(rank_targets(table.labels[np.array(looked)]).astype(np.float64))
+        offset = float(y.mean())
+        y = y - offset
+        if hyper is None or len(looked) - fitted >= refit:
+            new = fit_gp(distance(idx, idx), y)
+            if new != hyper:
+                chol = proj = None
+            hyper, fitted = new, len(looked)
+        length, noise = hyper
+        if chol is None:
+            k_all = torch.exp(-distance(idx, slice(None)) / length)
+            chol = torch.linalg.cholesky(k_all[:, idx] + noise * torch.eye(len(idx), dtype=torch.float64))
+            proj = torch.linalg.solve_triangular(chol, k_all, upper=False)
+        elif len(chol) < len(idx):  # the newest look-up: one more row of the factor
+            j = looked[-1]
+            lead = proj[:, j]
+            last = max(1.0 + noise - float(lead @ lead), 1e-12) ** 0.5
+            row = torch.cat([lead, torch.tensor([last], dtype=torch.float64)])
+            chol = torch.cat([torch.cat([chol, torch.zeros(len(chol), 1, dtype=torch.float64)], 1), row[None]])
+            k_new = torch.exp(-distance(torch.tensor([j]), slice(None)) / length)
+            proj = torch.cat([proj, (k_new - lead[None] @ proj) / last])
+        white = torch.linalg.solve_triangular(chol, y[:, None], upper=False)[:, 0]
+        scale = float(white @ white) / len(y)
+        mean = (white @ proj).numpy() + offset
+        spread = np.sqrt(np.maximum(1.0 - (proj * proj).sum(0).numpy(), 1e-12) * scale)
+        draw = mean + spread * rng.standard_normal(n_rows)
+        draw[seen] = -np.inf
+        j = int(np.argmax(draw))
+        looked.append(j)
+        seen[j] = True
+    return looked
+
 STRATEGIES = {'random': random_search, 'evolution': evolution, 'local': local_search,
-              'one_shot': one_shot, 'predictor': guided_search}
+              'one_shot': one_shot, 'predictor': guided_search, 'gp': gp_search}
 
 
 def run(method: str, table: dataset.Graphs, budget: int, seed: int,
@@ -271,6 +360,6 @@ def run(method: str, table: dataset.Graphs, budget: int, seed: int,
     """``method``'s look-ups; ``neighbours`` (the table's) can be shared by many runs."""
     if method not in STRATEGIES:
         raise ValueError(f'unknown method {method!r}; one of {sorted(STRATEGIES)}')
-    if method in ('evolution', 'local', 'predictor'):
+    if method in ('evolution', 'local', 'predictor', 'gp'):
         return STRATEGIES[method](table, budget, seed, neighbours=neighbours)
     return STRATEGIES[method](table, budget, seed)

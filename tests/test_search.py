@@ -137,7 +137,7 @@ def test_unknown_metrics_and_bad_limits_are_one_line(tmp_path):
 
 # --- every method against its definition ----------------------------------------------------------------
 
-METHODS = ['random', 'evolution', 'local', 'one_shot', 'predictor']
+METHODS = ['random', 'evolution', 'local', 'one_shot', 'predictor', 'gp']
 
 
 @pytest.fixture(scope='module')
@@ -260,10 +260,52 @@ def test_a_seed_whose_predictor_is_wrong_still_reaches_the_top():
 def test_the_searches_beat_random_search_on_a_learnable_table():
     table = grid_table(seed=7)
     curves = {m: np.mean([search.best_curve(table, strategies.run(m, table, 80, s), [40, 80]) for s in range(4)], 0)
-              for m in ('random', 'evolution', 'local', 'predictor')}
-    for m in ('evolution', 'local', 'predictor'):
+              for m in ('random', 'evolution', 'local', 'predictor', 'gp')}
+    for m in ('evolution', 'local', 'predictor', 'gp'):
         assert curves[m][1] > curves['random'][1], (m, curves)
-    assert curves['predictor'][0] > curves['random'][0]
+    assert curves['predictor'][0] > curves['random'][0] and curves['gp'][0] > curves['random'][0]
+
+
+def replay_gp(table, budget, seed, initial=10, refit=10):
+    """``gp_search``'s look-ups worked out the textbook way, apart from it: at every look-up the
+    whole kernel matrix solved afresh (no Cholesky factor grown by a row), the hyperparameters by
+    the marginal likelihood written with log-determinant and solve, the posterior mean
+    k*T K^-1 y and variance scale x (1 - k*T K^-1 k*)."""
+    x = strategies.features(table).numpy().astype(np.float64)
+    distance = np.abs(x[:, None, :] - x[None, :, :]).sum(-1)
+    rng = np.random.RandomState(seed)
+    looked = rng.permutation(len(table))[:initial].tolist()
+    hyper, fitted = None, None
+    while len(looked) < budget:
+        idx = np.array(looked)
+        y = strategies.rank_targets(table.labels[idx]).astype(np.float64)
+        offset = y.mean()
+        y = y - offset
+        if hyper is None or len(looked) - fitted >= refit:
+            scores = {}
+            for length in strategies.LENGTH_SCALES:
+                for noise in strategies.NOISES:
+                    k = np.exp(-distance[np.ix_(idx, idx)] / length) + noise * np.eye(len(idx))
+                    scale = y @ np.linalg.solve(k, y) / len(y)
+                    scores[(length, noise)] = -0.5 * len(y) * np.log(scale) - 0.5 * np.linalg.slogdet(k)[1]
+            hyper, fitted = max(scores, key=scores.get), len(looked)
+        length, noise = hyper
+        k = np.exp(-distance[np.ix_(idx, idx)] / length) + noise * np.eye(len(idx))
+        k_star = np.exp(-distance[idx] / length)  # [looked, every row]
+        scale = y @ np.linalg.solve(k, y) / len(y)
+        mean = k_star.T @ np.linalg.solve(k, y) + offset
+        var = scale * (1.0 - (k_star * np.linalg.solve(k, k_star)).sum(0))
+        draw = mean + np.sqrt(np.maximum(var, 1e-12)) * rng.standard_normal(len(table))
+        draw[idx] = -np.inf
+        looked.append(int(np.argmax(draw)))
+    return looked
+
+
+@pytest.mark.parametrize('seed', [0, 3])
+def test_gp_search_looks_up_the_highest_posterior_draw(seed):
+    table = grid_table(n_edges=4, n_ops=4, seed=8)  # 256 cells: the hyperparameters change as it goes
+    assert strategies.gp_search(table, 60, seed, refit=7) == replay_gp(table, 60, seed, refit=7)
+
 
 
 # --- the command -------------------------------------------------------------------------------------
