@@ -6,9 +6,10 @@ many trainings a method needs for the same result.
 
 draws the best metric found against look-ups (a look-up stands for one training) for the methods
 of ``strategies.py``: random search, regularized evolution, local search, the paper's one-shot
-predictor, the predictor-guided local search and Bayesian optimisation with a Gaussian process. The table is NAS-Bench-201's (analog-nasbench)
-unless ``--data``/``--splits`` (NAS-Bench-101 in the HDF5 layout) or ``--table`` (JSON lines of
-any space, or this project's genotype rows) say otherwise.
+predictor, the predictor-guided local search and Bayesian optimisation with a Gaussian process.
+The table is NAS-Bench-201's (analog-nasbench) unless ``--data``/``--splits`` (NAS-Bench-101 in
+the HDF5 layout) or ``--table`` (JSON lines of any space, or this project's genotype rows) say
+otherwise.
 """
 import argparse
 import os

@@ -351,6 +351,7 @@ def gp_search(table: dataset.Graphs, budget: int, seed: int, initial: int = 10, 
         seen[j] = True
     return looked
 
+
 STRATEGIES = {'random': random_search, 'evolution': evolution, 'local': local_search,
               'one_shot': one_shot, 'predictor': guided_search, 'gp': gp_search}
 

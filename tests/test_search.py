@@ -307,7 +307,6 @@ def test_gp_search_looks_up_the_highest_posterior_draw(seed):
     assert strategies.gp_search(table, 60, seed, refit=7) == replay_gp(table, 60, seed, refit=7)
 
 
-
 # --- the command -------------------------------------------------------------------------------------
 
 def test_search_command_on_a_jsonl_table_gives_the_contracts_json(tmp_path):
