@@ -47,6 +47,13 @@ class Neighbours:
         self.min_size = min(min_size, len(table) - 1)
         self._cache: Dict[int, np.ndarray] = {}
 
+    def distances(self, rows, cols=None) -> np.ndarray:
+        """The Hamming distances [len(rows), len(cols)] from ``rows`` to ``cols`` (default: every
+        row), exact integers."""
+        rows = np.asarray(rows, np.int64)
+        cols = np.arange(len(self.bits)) if cols is None else np.asarray(cols, np.int64)
+        return self.ones[rows][:, None] + self.ones[cols][None, :] - 2.0 * (self.bits[rows] @ self.bits[cols].T)
+
     def of(self, i: int) -> np.ndarray:
         """The neighbours of row ``i``, nearest first (ties by row number)."""
         i = int(i)
@@ -54,7 +61,7 @@ class Neighbours:
             if self.min_size < 1:
                 self._cache[i] = np.zeros(0, np.int64)
                 return self._cache[i]
-            distance = self.ones + self.ones[i] - 2.0 * (self.bits @ self.bits[i])
+            distance = self.distances([i])[0]
             distance[i] = np.inf
             radius = np.partition(distance, self.min_size - 1)[self.min_size - 1]
             near = np.nonzero(distance <= radius)[0]
@@ -304,41 +311,38 @@ def gp_search(table: dataset.Graphs, budget: int, seed: int, initial: int = 10, 
     table, not a refactorisation. In float64 throughout."""
     rng = np.random.RandomState(seed)
     neighbours = neighbours or Neighbours(table)
-    bits = torch.from_numpy(neighbours.bits.astype(np.float64))
-    ones = bits.sum(1)
     n_rows = len(table)
     budget = min(budget, n_rows)
     looked = [int(i) for i in rng.permutation(n_rows)[:min(initial, budget)]]
     seen = np.zeros(n_rows, bool)
     seen[looked] = True
 
-    def distance(rows: torch.Tensor, cols) -> torch.Tensor:  # Hamming distances, exact integers
-        return (ones[rows][:, None] + ones[cols][None, :] - 2.0 * (bits[rows] @ bits[cols].T)).clamp_(min=0.0)
+    def distance(rows, cols=None) -> torch.Tensor:
+        return torch.from_numpy(neighbours.distances(rows, cols).astype(np.float64))
 
     hyper, fitted = None, -1
     chol = proj = None  # chol: the factor of K(looked) + noise; proj: chol^-1 K(looked, every row)
     while len(looked) < budget:
-        idx = torch.tensor(looked)
         y = torch.from_numpy(rank_targets(table.labels[np.array(looked)]).astype(np.float64))
         offset = float(y.mean())
         y = y - offset
         if hyper is None or len(looked) - fitted >= refit:
-            new = fit_gp(distance(idx, idx), y)
+            new = fit_gp(distance(looked, looked), y)
             if new != hyper:
                 chol = proj = None
             hyper, fitted = new, len(looked)
         length, noise = hyper
         if chol is None:
-            k_all = torch.exp(-distance(idx, slice(None)) / length)
-            chol = torch.linalg.cholesky(k_all[:, idx] + noise * torch.eye(len(idx), dtype=torch.float64))
+            k_all = torch.exp(-distance(looked) / length)
+            chol = torch.linalg.cholesky(k_all[:, looked] + noise * torch.eye(len(looked), dtype=torch.float64))
             proj = torch.linalg.solve_triangular(chol, k_all, upper=False)
-        elif len(chol) < len(idx):  # the newest look-up: one more row of the factor
+        elif len(chol) < len(looked):  # the newest look-up: one more row of the factor
             j = looked[-1]
             lead = proj[:, j]
             last = max(1.0 + noise - float(lead @ lead), 1e-12) ** 0.5
             row = torch.cat([lead, torch.tensor([last], dtype=torch.float64)])
             chol = torch.cat([torch.cat([chol, torch.zeros(len(chol), 1, dtype=torch.float64)], 1), row[None]])
-            k_new = torch.exp(-distance(torch.tensor([j]), slice(None)) / length)
+            k_new = torch.exp(-distance([j]) / length)
             proj = torch.cat([proj, (k_new - lead[None] @ proj) / last])
         white = torch.linalg.solve_triangular(chol, y[:, None], upper=False)[:, 0]
         scale = float(white @ white) / len(y)
