@@ -25,6 +25,7 @@ SCRIPTS = {'benchmark.py': 'docs/performance.md', 'convert.py': 'docs/conversion
            'neural_predictor/tools/split_train_val.py': 'docs/neural-predictor.md',
            'neural_predictor/tools/nb201_table.py': 'docs/neural-predictor.md',
            'neural_predictor/tools/sampler_comparison.py': 'docs/neural-predictor.md',
+           'neural_predictor/tools/table_landscape.py': 'docs/neural-predictor.md',
            'tests/mutations.py': 'docs/tests.md'}
 # Runnable commands that a test of their own runs with stronger checks: here only their flags
 # are checked, so that the suite does not do the same work twice. Each test must exist.

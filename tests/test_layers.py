@@ -22,7 +22,8 @@ SCRIPTS = ['convert', 'main', 'train', 'export', 'visualize', 'benchmark', 'summ
            'neural_predictor.train', 'neural_predictor.search',
            'neural_predictor.tools.nasbench_tfrecord_converter',
            'neural_predictor.tools.nb201_experiments', 'neural_predictor.tools.nb201_table',
-           'neural_predictor.tools.split_train_val', 'neural_predictor.tools.sampler_comparison']
+           'neural_predictor.tools.split_train_val', 'neural_predictor.tools.sampler_comparison',
+           'neural_predictor.tools.table_landscape']
 # the one script a script may import: benchmark.py times train.py's own training step
 SCRIPT_IMPORTS_ALLOWED = {('benchmark', 'train')}
 PACKAGES = ['neural_predictor', 'neural_predictor.tools']

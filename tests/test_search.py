@@ -367,11 +367,77 @@ def test_nb201_table_tool_writes_every_target_in_the_format(tmp_path):
     assert [0, 1] in first['edges'] and [1, 3] in first['edges'] and [1, 5] in first['edges']
 
 
+def landscape_rows(n_pos=4, n_ops=4, seed=0):
+    """Every cell of a small NB-201-like space as JSONL rows (one node per position between
+    input and output): a smooth label (per-position op weights) with the all-last-op cell
+    raised far above everything (a needle), and a 'size' metric."""
+    rng = np.random.default_rng(seed)
+    weights = rng.normal(0, 1, (n_pos, n_ops))
+    rows = []
+    for arch in itertools.product(range(n_ops), repeat=n_pos):
+        label = 90.0 + sum(weights[k, o] for k, o in enumerate(arch)) + (20.0 if set(arch) == {n_ops - 1} else 0.0)
+        edges = [[0, 1 + k] for k in range(n_pos)] + [[1 + k, n_pos + 1] for k in range(n_pos)]
+        rows.append({'id': 'c' + ''.join(map(str, arch)), 'nodes': ['input'] + [OPS[o] if o < 3 else 'avgpool3x3'
+                                                                                 for o in arch] + ['output'],
+                     'edges': edges, 'metrics': {'acc': round(label, 4), 'size': float(sum(arch))}})
+    return rows
+
+
+@pytest.mark.quick
+def test_table_landscape_figures_match_a_count_over_one_op_neighbours(tmp_path):
+    """The tool's figures against a direct count: on this space a row's neighbours are the 12
+    cells one op away (the first distance shell already holds 10), so each figure can be
+    counted from the ids alone."""
+    from neural_predictor.tools import table_landscape
+    rows = landscape_rows()
+    path = write_rows(tmp_path / 'grid.jsonl', rows)
+    status, err = run_main(table_landscape.main, ['--table', path, '--top', 5, '--json', tmp_path / 'out.json'])
+    assert status == 0, err
+    out = json.loads((tmp_path / 'out.json').read_text())
+    acc = {r['id']: r['metrics']['acc'] for r in rows}
+    near = {a: [b for b in acc if sum(x != y for x, y in zip(a[1:], b[1:])) == 1] for a in acc}
+    assert all(len(v) == 12 for v in near.values())
+    rank = {a: 1 + sum(v > acc[a] for v in acc.values()) for a in acc}
+    assert out['rows'] == out['examined'] == 256 and out['metric'] == 'acc' and out['near_top'] == 5
+    assert out['local_maxima'] == sum(all(acc[a] >= acc[b] for b in near[a]) for a in acc)
+    own, around = list(acc.values()), [np.mean([acc[b] for b in near[a]]) for a in acc]
+    assert out['neighbour_correlation'] == pytest.approx(np.corrcoef(own, around)[0, 1], abs=1e-6)
+    best = sorted(acc, key=lambda a: -acc[a])[:5]
+    assert [t['id'] for t in out['top']] == best and best[0] == 'c3333'
+    for t in out['top']:
+        a = t['id']
+        assert t['rank'] == rank[a] and t['value'] == pytest.approx(acc[a], abs=1e-4)
+        assert t['local_maximum'] == all(acc[a] >= acc[b] for b in near[a])
+        assert t['best_neighbour_rank'] == min(rank[b] for b in near[a])
+        assert t['neighbour_mean'] == pytest.approx(np.mean([acc[b] for b in near[a]]), abs=1e-4)
+        assert t['neighbours_near_top'] == sum(rank[b] <= 5 for b in near[a])  # the best 1 % is 3 rows; at least --top
+    assert out['top'][0]['local_maximum'] and out['top'][0]['neighbours_near_top'] < 12  # the needle
+    # --max keeps rows within a budget; --sample draws the whole-table figures from fewer rows
+    status, err = run_main(table_landscape.main, ['--table', path, '--max', 'size=6', '--sample', 50,
+                                                  '--json', tmp_path / 'small.json'])
+    small = json.loads((tmp_path / 'small.json').read_text())
+    assert status == 0 and small['rows'] == sum(r['metrics']['size'] <= 6 for r in rows) and small['examined'] == 50
+    assert 'c3333' not in [t['id'] for t in small['top']]
+
+
+def test_table_landscape_bad_rows_are_one_line(tmp_path):
+    from neural_predictor.tools import table_landscape
+    rows = landscape_rows()
+    rows[7]['edges'] = [[2, 1]]
+    path = write_rows(tmp_path / 'bad.jsonl', rows)
+    status, err = run_main(table_landscape.main, ['--table', path])
+    assert status == 1 and err.count('\n') == 1 and 'line 8' in err and 'table_landscape.py: error' in err
+    status, err = run_main(table_landscape.main, ['--table', write_rows(tmp_path / 'ok.jsonl', landscape_rows()),
+                                                  '--metric', 'valid'])
+    assert status == 1 and err.count('\n') == 1 and "'valid'" in err
+
+
 def test_the_predictors_scripts_do_not_import_each_other():
     root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-    for script in ('train.py', 'search.py', 'tools/nb201_experiments.py', 'tools/nb201_table.py'):
+    for script in ('train.py', 'search.py', 'tools/nb201_experiments.py', 'tools/nb201_table.py',
+                   'tools/table_landscape.py'):
         text = open(os.path.join(root, 'neural_predictor', script)).read()
         imported = re.findall(r'^\s*(?:from neural_predictor(?:\.tools)? import ([\w, ]+)|import neural_predictor\.(\w+))',
                               text, re.M)
         names = {n.strip() for a, b in imported for n in (a or b).split(',')}
-        assert not names & {'train', 'search', 'nb201_experiments', 'nb201_table'}, (script, names)
+        assert not names & {'train', 'search', 'nb201_experiments', 'nb201_table', 'table_landscape'}, (script, names)
