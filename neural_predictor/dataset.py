@@ -324,6 +324,16 @@ def stack(graphs, labels: np.ndarray, names=None) -> Graphs:
     return Graphs(ops, adj, n, np.asarray(labels, np.float32), names)
 
 
+def is_genotype_table(path: str) -> bool:
+    """A JSON list (this project's genotype rows) rather than JSON lines."""
+    try:
+        with open(path, 'rb') as f:
+            head = f.read(4096).lstrip()
+    except OSError as e:
+        raise DataError(f'{path}: cannot read the table ({e.strerror})') from None
+    return head.startswith(b'[')
+
+
 def read_genotype_table(path: str, load_genotype) -> Graphs:
     """A JSON list of ``{"genotype": NAME or genotypes.to_dict output, "accuracy": x}`` rows (a
     fraction, or a percentage when above 1), as a user collects them from train.py runs."""

@@ -199,7 +199,7 @@ def load_table(args):
     """The table and the name of what the search sees: --table (JSON lines of any space, or this
     project's JSON list of genotype rows), --data/--splits (NAS-Bench-101), else NAS-Bench-201."""
     if args.table:
-        if is_genotype_table(args.table):
+        if dataset.is_genotype_table(args.table):
             import genotypes
             if args.max or args.report or (args.metric not in (None, 'accuracy')):
                 raise dataset.DataError(f'{args.table}: a genotype table has one metric, accuracy; '
@@ -219,16 +219,6 @@ def load_table(args):
         dataset.read_splits(args.splits, len(table), args.data)  # checked: the file belongs to the table
         return table, 'accuracy'
     return dataset.read_nb201(), 'accuracy'
-
-
-def is_genotype_table(path: str) -> bool:
-    """A JSON list (this project's genotype rows) rather than JSON lines."""
-    try:
-        with open(path, 'rb') as f:
-            head = f.read(4096).lstrip()
-    except OSError as e:
-        raise dataset.DataError(f'{path}: cannot read the table ({e.strerror})') from None
-    return head.startswith(b'[')
 
 
 def print_result(result: dict, metric: str, scale: float) -> None:

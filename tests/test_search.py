@@ -430,6 +430,14 @@ def test_table_landscape_bad_rows_are_one_line(tmp_path):
     status, err = run_main(table_landscape.main, ['--table', write_rows(tmp_path / 'ok.jsonl', landscape_rows()),
                                                   '--metric', 'valid'])
     assert status == 1 and err.count('\n') == 1 and "'valid'" in err
+    # this project's genotype rows, as search.py reads them: five rows, each the others' neighbour
+    runs = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'docs', 'example_runs.json')
+    status, err = run_main(table_landscape.main, ['--table', runs, '--json', tmp_path / 'runs.json'])
+    out = json.loads((tmp_path / 'runs.json').read_text())
+    assert status == 0 and out['metric'] == 'accuracy' and out['rows'] == 5
+    assert [t['neighbours'] for t in out['top']] == [4] * 5 and out['local_maxima'] == 1
+    status, err = run_main(table_landscape.main, ['--table', runs, '--metric', 'valid'])
+    assert status == 1 and err.count('\n') == 1 and 'genotype table' in err
 
 
 def test_the_predictors_scripts_do_not_import_each_other():

@@ -92,7 +92,8 @@ def show(result: dict, path: str, metric: str) -> None:
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter,
                                  epilog='More: docs/neural-predictor.md')
-    ap.add_argument('--table', required=True, help='a table as JSON lines, the format search.py --table reads')
+    ap.add_argument('--table', required=True,
+                    help='a table as search.py --table reads it: JSON lines, or this project\'s genotype rows')
     ap.add_argument('--metric', help='the metric, higher is better (default: the first of the first row)')
     ap.add_argument('--max', action='append', metavar='NAME=VALUE', default=[],
                     help='only rows with NAME at most VALUE (repeatable), as in search.py')
@@ -104,8 +105,15 @@ def main(argv=None) -> int:
     if args.top < 1 or args.sample < 2:
         return fail(SCRIPT, '--top must be at least 1 and --sample at least 2')
     try:
-        limits = [dataset.parse_limit(text) for text in args.max]
-        table, metric = dataset.read_jsonl_table(args.table, args.metric, limits)
+        if dataset.is_genotype_table(args.table):
+            import genotypes
+            if args.max or args.metric not in (None, 'accuracy'):
+                raise dataset.DataError(f'{args.table}: a genotype table has one metric, accuracy; '
+                                        f'--metric and --max need a JSONL table')
+            table, metric = dataset.read_genotype_table(args.table, genotypes.get), 'accuracy'
+        else:
+            limits = [dataset.parse_limit(text) for text in args.max]
+            table, metric = dataset.read_jsonl_table(args.table, args.metric, limits)
     except dataset.DataError as e:
         return fail(SCRIPT, str(e))
     result = landscape(table, args.top, args.sample)
