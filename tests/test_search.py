@@ -377,9 +377,9 @@ def landscape_rows(n_pos=4, n_ops=4, seed=0):
     for arch in itertools.product(range(n_ops), repeat=n_pos):
         label = 90.0 + sum(weights[k, o] for k, o in enumerate(arch)) + (20.0 if set(arch) == {n_ops - 1} else 0.0)
         edges = [[0, 1 + k] for k in range(n_pos)] + [[1 + k, n_pos + 1] for k in range(n_pos)]
-        rows.append({'id': 'c' + ''.join(map(str, arch)), 'nodes': ['input'] + [OPS[o] if o < 3 else 'avgpool3x3'
-                                                                                 for o in arch] + ['output'],
-                     'edges': edges, 'metrics': {'acc': round(label, 4), 'size': float(sum(arch))}})
+        nodes = ['input'] + [(OPS + ['avgpool3x3'])[o] for o in arch] + ['output']
+        rows.append({'id': 'c' + ''.join(map(str, arch)), 'nodes': nodes, 'edges': edges,
+                     'metrics': {'acc': round(label, 4), 'size': float(sum(arch))}})
     return rows
 
 
