@@ -17,6 +17,7 @@ stands for one training; a strategy sees a row's label only once it has looked i
 Neighbours of a row are the rows of the table nearest to it in its encoding (``Neighbours``), so
 that mutations work in any space a table holds, whatever its graphs look like.
 """
+import inspect
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -365,6 +366,7 @@ def run(method: str, table: dataset.Graphs, budget: int, seed: int,
     """``method``'s look-ups; ``neighbours`` (the table's) can be shared by many runs."""
     if method not in STRATEGIES:
         raise ValueError(f'unknown method {method!r}; one of {sorted(STRATEGIES)}')
-    if method in ('evolution', 'local', 'predictor', 'gp'):
-        return STRATEGIES[method](table, budget, seed, neighbours=neighbours)
-    return STRATEGIES[method](table, budget, seed)
+    strategy = STRATEGIES[method]
+    if 'neighbours' in inspect.signature(strategy).parameters:
+        return strategy(table, budget, seed, neighbours=neighbours)
+    return strategy(table, budget, seed)
