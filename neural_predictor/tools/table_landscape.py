@@ -32,28 +32,33 @@ def ranks(labels: np.ndarray) -> np.ndarray:
     return 1 + np.searchsorted(-ordered, -labels, side='left')
 
 
+def above_neighbours(value: float, near: np.ndarray) -> bool:
+    """A local maximum: no neighbour's label (``near``) above ``value``."""
+    return not len(near) or value >= near.max()
+
+
 def whole_table(labels: np.ndarray, neighbours: strategies.Neighbours, rows: np.ndarray) -> dict:
     """Local maxima and the label-to-neighbours'-mean correlation, over ``rows``."""
     local_max, own, around = 0, [], []
     for i in rows:
         near = labels[neighbours.of(i)]
         if len(near):
-            local_max += int(labels[i] >= near.max())
+            local_max += int(above_neighbours(labels[i], near))
             own.append(float(labels[i]))
             around.append(float(near.mean()))
     r = float(np.corrcoef(own, around)[0, 1]) if len(own) > 1 and np.std(own) and np.std(around) else None
     return {'examined': int(len(rows)), 'local_maxima': local_max, 'neighbour_correlation': r}
 
 
-def top_rows(table: dataset.Graphs, neighbours: strategies.Neighbours, top: int, near_top: int) -> list:
-    labels = table.labels.astype(np.float64)
+def top_rows(table: dataset.Graphs, labels: np.ndarray, neighbours: strategies.Neighbours, top: int,
+             near_top: int) -> list:
     rank = ranks(labels)
     out = []
     for i in np.argsort(-labels, kind='stable')[:top]:
         near = neighbours.of(i)
         out.append({'row': int(i), 'id': table.names[i] if table.names else str(i), 'rank': int(rank[i]),
                     'value': float(labels[i]),
-                    'local_maximum': bool(not len(near) or labels[i] >= labels[near].max()),
+                    'local_maximum': bool(above_neighbours(labels[i], labels[near])),
                     'neighbours': int(len(near)),
                     'best_neighbour_rank': int(rank[near].min()) if len(near) else None,
                     'neighbour_mean': float(labels[near].mean()) if len(near) else None,
@@ -68,8 +73,9 @@ def landscape(table: dataset.Graphs, top: int = 10, sample: int = 20000, seed: i
     n = len(table)
     rows = np.arange(n) if n <= sample else np.sort(np.random.RandomState(seed).choice(n, sample, replace=False))
     near_top = max(top, -(-n // 100))  # the best 1 % of the rows, at least ``top``
-    out = {'rows': n, **whole_table(table.labels.astype(np.float64), neighbours, rows), 'near_top': near_top}
-    out['top'] = top_rows(table, neighbours, min(top, n), near_top)
+    labels = table.labels.astype(np.float64)
+    out = {'rows': n, **whole_table(labels, neighbours, rows), 'near_top': near_top}
+    out['top'] = top_rows(table, labels, neighbours, min(top, n), near_top)
     return out
 
 
