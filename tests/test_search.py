@@ -411,13 +411,18 @@ def test_table_landscape_figures_match_a_count_over_one_op_neighbours(tmp_path):
         assert t['best_neighbour_rank'] == min(rank[b] for b in near[a])
         assert t['neighbour_mean'] == pytest.approx(np.mean([acc[b] for b in near[a]]), abs=1e-4)
         assert t['neighbours_near_top'] == sum(rank[b] <= 5 for b in near[a])  # the best 1 % is 3 rows; at least --top
+        mean = np.mean([acc[b] for b in near[a]])  # its place: 1 + the rows whose neighbours' mean is higher
+        others = [m for b, m in zip(acc, around) if b != a]
+        assert 1 + sum(m > mean + 1e-3 for m in others) <= t['neighbour_mean_place'] <= 1 + sum(m > mean - 1e-3 for m in others)
     assert out['top'][0]['local_maximum'] and out['top'][0]['neighbours_near_top'] < 12  # the needle
+    assert out['first_top_by_neighbour_mean'] == min(t['neighbour_mean_place'] for t in out['top']) > 1
     # --max keeps rows within a budget; --sample draws the whole-table figures from fewer rows
     status, err = run_main(table_landscape.main, ['--table', path, '--max', 'size=6', '--sample', 50,
                                                   '--json', tmp_path / 'small.json'])
     small = json.loads((tmp_path / 'small.json').read_text())
     assert status == 0 and small['rows'] == sum(r['metrics']['size'] <= 6 for r in rows) and small['examined'] == 50
     assert 'c3333' not in [t['id'] for t in small['top']]
+    assert all(1 <= t['neighbour_mean_place'] <= small['rows'] for t in small['top'])  # scaled up from the sample
 
 
 def test_table_landscape_bad_rows_are_one_line(tmp_path):
