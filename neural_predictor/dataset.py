@@ -473,3 +473,20 @@ def write_jsonl_rows(rows, path: str) -> None:
     from neural_predictor.common import write_atomic
     text = ''.join(json.dumps(r, separators=(', ', ': ')) + '\n' for r in rows)
     write_atomic(path, lambda f: f.write(text.encode()))
+
+
+def read_table(path: str, metric: Optional[str], limits: Sequence[Tuple[str, float]], load_genotype,
+               report: Optional[str] = None) -> Tuple[Graphs, str]:
+    """A table as ``--table`` takes it: this project's genotype rows (``is_genotype_table``, read
+    with ``load_genotype``, genotypes.get) or JSON lines of any space (``read_jsonl_table``).
+    ``report``, a second metric to report, must be in the table. A genotype table has one metric,
+    accuracy, so any other ``metric``, a ``report`` or ``limits`` on one is an error."""
+    if is_genotype_table(path):
+        if limits or report or metric not in (None, 'accuracy'):
+            raise DataError(f'{path}: a genotype table has one metric, accuracy; other metrics, '
+                            f'--report and --max need a JSONL table')
+        return read_genotype_table(path, load_genotype), 'accuracy'
+    table, metric = read_jsonl_table(path, metric, limits)
+    if report is not None and report not in table.metrics:
+        raise DataError(f'--report {report}: no row has it; the table has {sorted(table.metrics)}')
+    return table, metric

@@ -199,17 +199,9 @@ def load_table(args):
     """The table and the name of what the search sees: --table (JSON lines of any space, or this
     project's JSON list of genotype rows), --data/--splits (NAS-Bench-101), else NAS-Bench-201."""
     if args.table:
-        if dataset.is_genotype_table(args.table):
-            import genotypes
-            if args.max or args.report or (args.metric not in (None, 'accuracy')):
-                raise dataset.DataError(f'{args.table}: a genotype table has one metric, accuracy; '
-                                        f'--metric, --report and --max need a JSONL table')
-            return dataset.read_genotype_table(args.table, genotypes.get), 'accuracy'
+        import genotypes
         limits = [dataset.parse_limit(text) for text in args.max or []]
-        table, metric = dataset.read_jsonl_table(args.table, args.metric, limits)
-        if args.report and args.report not in table.metrics:
-            raise dataset.DataError(f'--report {args.report}: no row has it; the table has {sorted(table.metrics)}')
-        return table, metric
+        return dataset.read_table(args.table, args.metric, limits, genotypes.get, args.report)
     if args.metric or args.report or args.max:
         raise dataset.DataError('--metric, --report and --max need --table FILE.jsonl')
     if args.data or args.splits:

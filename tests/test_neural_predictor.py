@@ -392,6 +392,10 @@ def test_search_command_reads_a_genotype_table(tmp_path):
     assert os.path.getsize(tmp_path / 's.png') > 1000
     status, err = run_main(search.main, ['--table', tmp_path / 'runs.json', '--budget', 6, '--json', tmp_path / 'x.json'])
     assert status == 1 and 'the table has 5 rows' in err and '\n' not in err.strip()
+    for extra in (['--report', 'test'], ['--metric', 'valid'], ['--max', 'params_m=1']):  # a genotype row has accuracy only
+        status, err = run_main(search.main, ['--table', tmp_path / 'runs.json', '--budget', 5, '--workers', 1,
+                                             '--json', tmp_path / 'y.json'] + extra)
+        assert status == 1 and 'a genotype table has one metric, accuracy' in err and '\n' not in err.strip(), extra
 
 
 def test_the_nb201_unpickler_refuses_every_kind_of_payload(tmp_path, evil_pickles):

@@ -135,15 +135,9 @@ def main(argv=None) -> int:
     if args.top < 1 or args.sample < 2:
         return fail(SCRIPT, '--top must be at least 1 and --sample at least 2')
     try:
-        if dataset.is_genotype_table(args.table):
-            import genotypes
-            if args.max or args.metric not in (None, 'accuracy'):
-                raise dataset.DataError(f'{args.table}: a genotype table has one metric, accuracy; '
-                                        f'--metric and --max need a JSONL table')
-            table, metric = dataset.read_genotype_table(args.table, genotypes.get), 'accuracy'
-        else:
-            limits = [dataset.parse_limit(text) for text in args.max]
-            table, metric = dataset.read_jsonl_table(args.table, args.metric, limits)
+        import genotypes
+        limits = [dataset.parse_limit(text) for text in args.max]
+        table, metric = dataset.read_table(args.table, args.metric, limits, genotypes.get)
     except dataset.DataError as e:
         return fail(SCRIPT, str(e))
     result = landscape(table, args.top, args.sample)
